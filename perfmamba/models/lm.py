@@ -1,0 +1,125 @@
+"""The language model: embedding -> blocks -> final RMSNorm -> LM head (tied or untied), and generate()."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from perfmamba.errors import PerfMambaError
+from perfmamba.models.block import Block
+from perfmamba.models.cache import InferenceCache
+from perfmamba.models.norm import RMSNorm
+from perfmamba.models.sampling import choose_next_token
+
+
+class Backbone(nn.Module):
+    def __init__(self, config, backend, device=None, dtype=None):
+        super().__init__()
+        self.embedding = nn.Embedding(config.vocab_size, config.d_model, device=device, dtype=dtype)
+        self.layers = nn.ModuleList(Block(config, i, backend, device=device, dtype=dtype)
+                                    for i in range(config.n_layer))
+        self.norm_f = RMSNorm(config.d_model, eps=config.norm_eps, device=device, dtype=dtype)
+
+
+class MambaLM(nn.Module):
+    """A Mamba-1 or Mamba-2 causal LM (family taken from the config).
+
+    ``model(input_ids)`` with input_ids (Bsz, L) returns logits (Bsz, L, vocab_size).
+    Parameter names follow mamba_ssm (``backbone.embedding``, ``backbone.layers.i.mixer...``).
+    """
+
+    def __init__(self, config, backend: str = "auto", device=None, dtype=None):
+        super().__init__()
+        self.config = config
+        self.backbone = Backbone(config, backend, device=device, dtype=dtype)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False, device=device, dtype=dtype)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.backbone.embedding.weight
+        else:
+            nn.init.normal_(self.lm_head.weight, std=0.02)
+        nn.init.normal_(self.backbone.embedding.weight, std=0.02)
+        self._backend = backend
+
+    # ---------------------------------------------------------------------------------------- backend
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    def set_backend(self, backend: str) -> "MambaLM":
+        from perfmamba.ops import resolve_backend
+        resolve_backend(backend, next(self.parameters()).device)  # validates (one-line error if unusable)
+        self._backend = backend
+        for block in self.backbone.layers:
+            block.mixer.backend = backend
+        return self
+
+    # ---------------------------------------------------------------------------------------- forward
+    def _check_ids(self, input_ids: torch.Tensor) -> None:
+        if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+            raise PerfMambaError(f"input_ids must be an integer tensor of shape (batch, length); got "
+                                 f"{input_ids.dtype} {tuple(input_ids.shape)}")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
+            raise PerfMambaError(f"input_ids must lie in [0, {self.config.vocab_size}); got values in "
+                                 f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+
+    def forward(self, input_ids: torch.Tensor, cache: Optional[InferenceCache] = None) -> torch.Tensor:
+        """input_ids (Bsz, L) -> logits (Bsz, L, V).  A fresh ``cache`` is filled with the final states."""
+        self._check_ids(input_ids)
+        x = self.backbone.embedding(input_ids)  # (Bsz, L, d_model)
+        for block in self.backbone.layers:
+            x = block(x, cache)
+        if cache is not None:
+            cache.seqlen_offset += input_ids.shape[1]
+        return self.lm_head(self.backbone.norm_f(x))
+
+    def allocate_cache(self, batch_size: int) -> InferenceCache:
+        p = self.backbone.embedding.weight
+        return InferenceCache.allocate(self.config, batch_size, device=p.device, dtype=p.dtype)
+
+    def step(self, input_ids: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
+        """One token per sequence: input_ids (Bsz,) -> logits (Bsz, V); the cache advances in place."""
+        x = self.backbone.embedding(input_ids)  # (Bsz, d_model)
+        for block in self.backbone.layers:
+            x = block.step(x, cache)
+        cache.seqlen_offset += 1
+        return self.lm_head(self.backbone.norm_f(x))
+
+    # --------------------------------------------------------------------------------------- generate
+    @torch.inference_mode()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 20, do_sample: bool = False,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 eos_token_id: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Prefill the prompt once, then decode token by token through the cache.
+
+        Greedy unless ``do_sample``; sampling applies temperature, then top-k, then top-p.  Returns prompt +
+        new tokens as (Bsz, L + max_new_tokens); once a sequence emits ``eos_token_id`` it is padded with it.
+        """
+        self._check_ids(input_ids)
+        if input_ids.shape[1] < 1:
+            raise PerfMambaError("generate needs a prompt of at least one token per sequence")
+        if max_new_tokens < 0:
+            raise PerfMambaError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        cache = self.allocate_cache(input_ids.shape[0])
+        logits = self.forward(input_ids, cache)[:, -1]  # (Bsz, V)
+        out = [input_ids]
+        finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for i in range(max_new_tokens):
+            token = choose_next_token(logits, do_sample, temperature, top_k, top_p, generator)  # (Bsz,)
+            if eos_token_id is not None:
+                token = torch.where(finished, torch.full_like(token, eos_token_id), token)
+                finished |= token == eos_token_id
+            out.append(token[:, None].to(input_ids.dtype))
+            if i + 1 < max_new_tokens:
+                logits = self.step(token, cache)
+        return torch.cat(out, dim=1)
+
+    # ------------------------------------------------------------------------------------------- i/o
+    def save_pretrained(self, directory: str, format: str = "hf") -> None:
+        """Write config.json + weights in Hugging Face ("hf") or mamba_ssm ("mamba_ssm") layout."""
+        from perfmamba.models.checkpoint import save_checkpoint
+        save_checkpoint(self, directory, format=format)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,85 @@
+"""The Mamba-1 mixer: in_proj -> causal conv1d + SiLU -> x_proj -> dt_proj + softplus -> selective scan
+(with D skip) -> gate SiLU(z) -> out_proj.  Parameter names follow mamba_ssm and transformers."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from perfmamba import ops
+from perfmamba.config import Mamba1Config
+from perfmamba.models.cache import InferenceCache
+from perfmamba.models.init import dt_bias_init
+
+
+class Mamba1Mixer(nn.Module):
+    def __init__(self, config: Mamba1Config, layer_idx: int, backend: str = "auto", device=None, dtype=None):
+        super().__init__()
+        self.config, self.layer_idx, self.backend = config, layer_idx, backend
+        d_model, d_inner, n = config.d_model, config.d_inner, config.layer_d_state(layer_idx)
+        self.d_inner, self.d_state, self.dt_rank = d_inner, n, config.dt_rank
+        kw = dict(device=device, dtype=dtype)
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=config.bias, **kw)
+        self.conv1d = nn.Conv1d(d_inner, d_inner, config.d_conv, groups=d_inner, padding=config.d_conv - 1,
+                                bias=config.conv_bias, **kw)
+        self.x_proj = nn.Linear(d_inner, config.dt_rank + 2 * n, bias=False, **kw)
+        self.dt_proj = nn.Linear(config.dt_rank, d_inner, bias=True, **kw)
+        self.A_log = nn.Parameter(torch.empty(d_inner, n, device=device, dtype=torch.float32))
+        self.D = nn.Parameter(torch.empty(d_inner, device=device, dtype=torch.float32))
+        self.out_proj = nn.Linear(d_inner, d_model, bias=config.bias, **kw)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self) -> None:
+        """S4D-real A (A[:, n] = -(n+1)), unit D, and dt_proj initialised for dt in [dt_min, dt_max]."""
+        cfg = self.config
+        std = self.dt_rank ** -0.5 * cfg.dt_scale
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        self.dt_proj.bias.copy_(dt_bias_init(self.d_inner, cfg.dt_min, cfg.dt_max, cfg.dt_init_floor))
+        arange = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device)
+        self.A_log.copy_(torch.log(arange).repeat(self.d_inner, 1))
+        self.D.fill_(1.0)
+
+    def _conv_weight(self) -> torch.Tensor:  # (D, W)
+        return self.conv1d.weight[:, 0, :]
+
+    def _split_xproj(self, x_dbl: torch.Tensor):
+        return torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+
+    def forward(self, hidden: torch.Tensor, cache: Optional[InferenceCache] = None) -> torch.Tensor:
+        """hidden: (Bsz, L, d_model) -> (Bsz, L, d_model).  With a fresh cache, its states are filled."""
+        if cache is not None and cache.seqlen_offset > 0:
+            return torch.stack([self.step(hidden[:, t], cache) for t in range(hidden.shape[1])], dim=1)
+        bsz, seqlen, _ = hidden.shape
+        xz = self.in_proj(hidden).transpose(1, 2)  # (Bsz, 2D, L)
+        x, z = xz.chunk(2, dim=1)  # (Bsz, D, L) each
+        x, conv_state = ops.causal_conv1d(x, self._conv_weight(), self.conv1d.bias, activation="silu",
+                                          return_final_state=True, backend=self.backend)
+        x_dbl = self.x_proj(x.transpose(1, 2))  # (Bsz, L, R + 2N)
+        dt, B, C = self._split_xproj(x_dbl)
+        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (Bsz, D, L); bias added inside the scan
+        A = -torch.exp(self.A_log.float())  # (D, N)
+        y, ssm_state = ops.selective_scan(
+            x, dt, A, B.transpose(1, 2), C.transpose(1, 2), D=self.D.float(), z=z,
+            delta_bias=self.dt_proj.bias.float(), delta_softplus=True, return_last_state=True,
+            backend=self.backend)  # y: (Bsz, D, L); state (Bsz, D, N)
+        if cache is not None:
+            cache.conv_states[self.layer_idx].copy_(conv_state)
+            cache.ssm_states[self.layer_idx].copy_(ssm_state)
+        return self.out_proj(y.transpose(1, 2))
+
+    def step(self, hidden: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
+        """One token.  hidden: (Bsz, d_model) -> (Bsz, d_model); the layer's cache entries advance in place."""
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (Bsz, D) each
+        x = ops.causal_conv1d_update(x, cache.conv_states[self.layer_idx], self._conv_weight(), self.conv1d.bias,
+                                     activation="silu", backend=self.backend)
+        dt, B, C = self._split_xproj(self.x_proj(x))
+        dt = F.linear(dt, self.dt_proj.weight)  # (Bsz, D)
+        A = -torch.exp(self.A_log.float())
+        y = ops.selective_state_update(cache.ssm_states[self.layer_idx], x, dt, A, B, C, D=self.D.float(), z=z,
+                                       dt_bias=self.dt_proj.bias.float(), dt_softplus=True, backend=self.backend)
+        return self.out_proj(y)

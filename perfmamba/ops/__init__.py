@@ -1,0 +1,162 @@
+"""The one dispatch point for every SSM op: picks a backend and calls it.
+
+Backends:
+  ``"ref"``    plain torch, runs anywhere, differentiable (chunked scans; the conv and one-step updates);
+  ``"loop"``   plain torch sequential loops over time: the ground truth, slow, for tests and benchmarks;
+  ``"triton"`` the Triton GPU kernels (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``);
+  ``"auto"``   Triton for CUDA tensors when triton imports, otherwise ``"ref"``.
+
+This module is the only place with optional imports (triton).  Shapes follow mamba_ssm's
+``selective_scan_fn`` and ``mamba_chunk_scan_combined``; each function documents them.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from perfmamba.errors import PerfMambaError
+from perfmamba.ops.conv_ref import causal_conv1d_ref, causal_conv1d_update_ref
+from perfmamba.ops.scan_chunked import selective_scan_chunked
+from perfmamba.ops.scan_ref import selective_scan_ref, selective_state_update_ref, ssd_loop_ref, ssd_ref
+
+BACKENDS = ("auto", "ref", "loop", "triton")
+
+__all__ = ["BACKENDS", "selective_scan", "ssd", "causal_conv1d", "causal_conv1d_update", "selective_state_update",
+           "resolve_backend", "triton_available"]
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_module():
+    """The perfmamba.ops.triton package, or None when triton cannot be imported."""
+    try:
+        import triton  # noqa: F401
+        from perfmamba.ops import triton as triton_ops
+    except ImportError:
+        return None
+    return triton_ops
+
+
+def triton_available() -> bool:
+    return _triton_module() is not None
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_backend(backend: str, device: torch.device | str | None) -> str:
+    """The concrete backend ("ref" | "loop" | "triton") for tensors on ``device``; bad choices are one-line errors."""
+    if backend not in BACKENDS:
+        raise PerfMambaError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    is_cuda = torch.device(device).type == "cuda" if device is not None else False
+    if backend == "auto":
+        return "triton" if is_cuda and triton_available() else "ref"
+    if backend == "triton":
+        if not triton_available():
+            raise PerfMambaError("backend='triton' needs the triton package; install it (pip install triton) "
+                                 "or use backend='ref'")
+        if not is_cuda and not _interpreting():
+            raise PerfMambaError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 to run the kernels "
+                                 "on the CPU); use backend='ref' or 'auto' on a CPU")
+    return backend
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, backend="auto"):
+    """Mamba-1 selective scan.
+
+    u, delta, z: (Bsz, D, L); A: (D, N); B, C: (Bsz, N, L) or (Bsz, G, N, L); D, delta_bias: (D,).
+    Returns y (Bsz, D, L) in u's dtype, and the final state (Bsz, D, N) fp32 when return_last_state.
+    """
+    _check_scan_shapes(u, delta, A, B, C, z)
+    kwargs = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                  return_last_state=return_last_state)
+    which = resolve_backend(backend, u.device)
+    if which == "triton":
+        return _triton_module().selective_scan_triton(u, delta, A, B, C, **kwargs)
+    if which == "loop":
+        return selective_scan_ref(u, delta, A, B, C, **kwargs)
+    return selective_scan_chunked(u, delta, A, B, C, **kwargs)
+
+
+def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, initial_states=None,
+        return_final_states=False, dt_limit=(0.0, float("inf")), backend="auto"):
+    """Mamba-2 SSD (state-space duality) scan.
+
+    x, z: (Bsz, L, H, P); dt: (Bsz, L, H); A: (H,); B, C: (Bsz, L, G, N); D: (H,) or (H, P);
+    dt_bias: (H,); initial_states: (Bsz, H, P, N).  Returns y (Bsz, L, H, P) in x's dtype, and the final
+    state (Bsz, H, P, N) fp32 when return_final_states.
+    """
+    _check_ssd_shapes(x, dt, A, B, C, z, initial_states)
+    kwargs = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, initial_states=initial_states,
+                  return_final_states=return_final_states, dt_limit=tuple(dt_limit))
+    which = resolve_backend(backend, x.device)
+    if which == "triton":
+        return _triton_module().ssd_triton(x, dt, A, B, C, chunk_size, **kwargs)
+    if which == "loop":
+        return ssd_loop_ref(x, dt, A, B, C, **kwargs)
+    return ssd_ref(x, dt, A, B, C, chunk_size, **kwargs)
+
+
+def causal_conv1d(x, weight, bias=None, activation=None, return_final_state=False, initial_state=None,
+                  backend="auto"):
+    """Causal depthwise conv1d.  x: (Bsz, D, L); weight: (D, W); bias: (D,); state (Bsz, D, W)."""
+    if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
+        raise PerfMambaError(f"causal_conv1d: x must be (batch, D, L) and weight (D, W); got x {tuple(x.shape)}, "
+                             f"weight {tuple(weight.shape)}")
+    which = resolve_backend(backend, x.device)
+    fn = _triton_module().causal_conv1d_triton if which == "triton" else causal_conv1d_ref
+    return fn(x, weight, bias, activation=activation, return_final_state=return_final_state,
+              initial_state=initial_state)
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, backend="auto"):
+    """One conv step.  x: (Bsz, D); conv_state: (Bsz, D, W), updated in place.  Returns (Bsz, D)."""
+    which = resolve_backend(backend, x.device)
+    fn = _triton_module().causal_conv1d_update_triton if which == "triton" else causal_conv1d_update_ref
+    return fn(x, conv_state, weight, bias, activation=activation)
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+                           dt_limit=(0.0, float("inf")), backend="auto"):
+    """One SSM decode step of either family (shapes in ``selective_state_update_ref``); state updated in place."""
+    which = resolve_backend(backend, x.device)
+    fn = _triton_module().selective_state_update_triton if which == "triton" else selective_state_update_ref
+    return fn(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=tuple(dt_limit))
+
+
+# ---------------------------------------------------------------------------------------- shape checks
+def _shape_error(op: str, expected: str, got: dict) -> PerfMambaError:
+    shown = ", ".join(f"{k} {tuple(v.shape)}" for k, v in got.items() if v is not None)
+    return PerfMambaError(f"{op}: expected {expected}; got {shown}")
+
+
+def _check_scan_shapes(u, delta, A, B, C, z):
+    expected = "u, delta, z (batch, D, L); A (D, N); B, C (batch, N, L) or (batch, G, N, L)"
+    got = dict(u=u, delta=delta, A=A, B=B, C=C, z=z)
+    if u.dim() != 3 or A.dim() != 2:
+        raise _shape_error("selective_scan", expected, got)
+    bsz, dim, seqlen = u.shape
+    ok = delta.shape == u.shape and A.shape[0] == dim and (z is None or z.shape == u.shape)
+    for t in (B, C):
+        ok = ok and t.dim() in (3, 4) and t.shape[0] == bsz and t.shape[-1] == seqlen and t.shape[-2] == A.shape[1]
+        ok = ok and (t.dim() == 3 or dim % t.shape[1] == 0)
+    if not ok:
+        raise _shape_error("selective_scan", expected, got)
+
+
+def _check_ssd_shapes(x, dt, A, B, C, z, initial_states):
+    expected = "x, z (batch, L, H, P); dt (batch, L, H); A (H,); B, C (batch, L, G, N) with G dividing H"
+    got = dict(x=x, dt=dt, A=A, B=B, C=C, z=z, initial_states=initial_states)
+    if x.dim() != 4 or B.dim() != 4 or C.dim() != 4:
+        raise _shape_error("ssd", expected, got)
+    bsz, seqlen, nheads, headdim = x.shape
+    ok = (tuple(dt.shape) == (bsz, seqlen, nheads) and tuple(A.shape) == (nheads,) and B.shape == C.shape
+          and tuple(B.shape[:2]) == (bsz, seqlen) and nheads % B.shape[2] == 0 and (z is None or z.shape == x.shape))
+    if initial_states is not None:
+        ok = ok and tuple(initial_states.shape) == (bsz, nheads, headdim, B.shape[-1])
+    if not ok:
+        raise _shape_error("ssd", expected, got)
