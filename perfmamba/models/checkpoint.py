@@ -87,8 +87,23 @@ def _normalise_keys(state: dict) -> dict:
     return {_to_ours(k): v for k, v in state.items()}
 
 
+# Mixer tensors only one family has: Mamba-1's x_proj / dt_proj, Mamba-2's dt_bias and gated norm.
+_FAMILY_MARKERS = {"mamba1": (".mixer.x_proj.", ".mixer.dt_proj."), "mamba2": (".mixer.dt_bias", ".mixer.norm.")}
+
+
+def _weights_family(state: dict) -> Optional[str]:
+    for family, markers in _FAMILY_MARKERS.items():
+        if any(m in k for k in state for m in markers):
+            return family
+    return None
+
+
 def check_state_dict(model: MambaLM, state: dict) -> None:
     """Every expected tensor present with the right shape, nothing unexpected; else one line naming it."""
+    family = _weights_family(state)
+    if family is not None and family != model.config.family:
+        raise PerfMambaError(f"config.json describes a {model.config.family} model but the weights are "
+                             f"{family} ones; use the config.json that came with these weights")
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     optional = {"lm_head.weight"} if model.config.tie_embeddings else set()
     missing = sorted(set(expected) - set(state) - optional)

@@ -14,3 +14,22 @@ def dt_bias_init(n: int, dt_min: float, dt_max: float, floor: float) -> torch.Te
     """
     dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
     return dt + torch.log(-torch.expm1(-dt))  # inverse of softplus
+
+
+class KeepSsmParamsFp32:
+    """Mixin for mixers: ``model.to(torch.bfloat16)`` leaves A_log, D and dt_bias in fp32.
+
+    Their exponentials set each channel's memory (exp(dt*A)); bf16's 8-bit mantissa would shift them
+    visibly, which is why mamba_ssm keeps them fp32 too.  Device moves still apply.
+    """
+
+    _fp32_params = ("A_log", "D", "dt_bias")
+
+    def _apply(self, fn, recurse=True):
+        saved = {n: getattr(self, n).data for n in self._fp32_params if isinstance(getattr(self, n, None), torch.Tensor)}
+        super()._apply(fn, recurse)
+        for name, before in saved.items():
+            param = getattr(self, name)
+            if param.dtype != torch.float32 and before.dtype == torch.float32:
+                param.data = before.to(device=param.device)
+        return self

@@ -67,6 +67,10 @@ class MambaLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, cache: Optional[InferenceCache] = None) -> torch.Tensor:
         """input_ids (Bsz, L) -> logits (Bsz, L, V).  A fresh ``cache`` is filled with the final states."""
         self._check_ids(input_ids)
+        return self.forward_unchecked(input_ids, cache)
+
+    def forward_unchecked(self, input_ids: torch.Tensor, cache: Optional[InferenceCache] = None) -> torch.Tensor:
+        """``forward`` without the input check, whose host sync cannot be captured in a CUDA graph."""
         x = self.backbone.embedding(input_ids)  # (Bsz, L, d_model)
         for block in self.backbone.layers:
             x = block(x, cache)
@@ -87,22 +91,44 @@ class MambaLM(nn.Module):
         return self.lm_head(self.backbone.norm_f(x))
 
     # --------------------------------------------------------------------------------------- generate
+    def graph_decoder(self, batch_size: int):
+        """The captured CUDA-graph decoder for this batch size (captured once, then reused)."""
+        from perfmamba.models.cuda_graph import GraphDecoder
+        key = (batch_size, self._backend)
+        decoders = self.__dict__.setdefault("_graph_decoders", {})
+        if key not in decoders:
+            decoders[key] = GraphDecoder(self, batch_size)
+        return decoders[key]
+
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 20, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 eos_token_id: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                 eos_token_id: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                 cuda_graph: Optional[bool] = None) -> torch.Tensor:
         """Prefill the prompt once, then decode token by token through the cache.
 
         Greedy unless ``do_sample``; sampling applies temperature, then top-k, then top-p.  Returns prompt +
         new tokens as (Bsz, L + max_new_tokens); once a sequence emits ``eos_token_id`` it is padded with it.
+        ``cuda_graph``: replay a captured CUDA graph per token (default: on when the model is on a GPU);
+        False decodes eagerly.
         """
         self._check_ids(input_ids)
         if input_ids.shape[1] < 1:
             raise PerfMambaError("generate needs a prompt of at least one token per sequence")
         if max_new_tokens < 0:
             raise PerfMambaError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        cache = self.allocate_cache(input_ids.shape[0])
-        logits = self.forward(input_ids, cache)[:, -1]  # (Bsz, V)
+        on_gpu = input_ids.is_cuda and next(self.parameters()).is_cuda
+        if cuda_graph and not on_gpu:
+            raise PerfMambaError("cuda_graph=True needs the model and input_ids on a CUDA GPU; use cuda_graph=False")
+        if cuda_graph is None:
+            cuda_graph = on_gpu
+        if cuda_graph:
+            decoder = self.graph_decoder(input_ids.shape[0])
+            logits, step = decoder.prefill(input_ids), decoder.step
+        else:
+            cache = self.allocate_cache(input_ids.shape[0])
+            logits = self.forward(input_ids, cache)[:, -1]  # (Bsz, V)
+            step = lambda token: self.step(token, cache)  # noqa: E731
         out = [input_ids]
         finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for i in range(max_new_tokens):
@@ -112,7 +138,7 @@ class MambaLM(nn.Module):
                 finished |= token == eos_token_id
             out.append(token[:, None].to(input_ids.dtype))
             if i + 1 < max_new_tokens:
-                logits = self.step(token, cache)
+                logits = step(token)
         return torch.cat(out, dim=1)
 
     # ------------------------------------------------------------------------------------------- i/o

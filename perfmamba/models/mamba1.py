@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from perfmamba import ops
 from perfmamba.config import Mamba1Config
 from perfmamba.models.cache import InferenceCache
-from perfmamba.models.init import dt_bias_init
+from perfmamba.models.init import KeepSsmParamsFp32, dt_bias_init
 
 
-class Mamba1Mixer(nn.Module):
+class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
     def __init__(self, config: Mamba1Config, layer_idx: int, backend: str = "auto", device=None, dtype=None):
         super().__init__()
         self.config, self.layer_idx, self.backend = config, layer_idx, backend

@@ -12,11 +12,11 @@ import torch.nn as nn
 from perfmamba import ops
 from perfmamba.config import Mamba2Config
 from perfmamba.models.cache import InferenceCache
-from perfmamba.models.init import dt_bias_init
+from perfmamba.models.init import KeepSsmParamsFp32, dt_bias_init
 from perfmamba.models.norm import GatedRMSNorm
 
 
-class Mamba2Mixer(nn.Module):
+class Mamba2Mixer(KeepSsmParamsFp32, nn.Module):
     def __init__(self, config: Mamba2Config, layer_idx: int, backend: str = "auto", device=None, dtype=None):
         super().__init__()
         self.config, self.layer_idx, self.backend = config, layer_idx, backend

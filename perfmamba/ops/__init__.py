@@ -115,6 +115,7 @@ def causal_conv1d(x, weight, bias=None, activation=None, return_final_state=Fals
 
 def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, backend="auto"):
     """One conv step.  x: (Bsz, D); conv_state: (Bsz, D, W), updated in place.  Returns (Bsz, D)."""
+    _check_conv_update_shapes(x, conv_state, weight, bias)
     which = resolve_backend(backend, x.device)
     fn = _triton_module().causal_conv1d_update_triton if which == "triton" else causal_conv1d_update_ref
     return fn(x, conv_state, weight, bias, activation=activation)
@@ -123,6 +124,7 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, back
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
                            dt_limit=(0.0, float("inf")), backend="auto"):
     """One SSM decode step of either family (shapes in ``selective_state_update_ref``); state updated in place."""
+    _check_state_update_shapes(state, x, dt, A, B, C, z)
     which = resolve_backend(backend, x.device)
     fn = _triton_module().selective_state_update_triton if which == "triton" else selective_state_update_ref
     return fn(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=tuple(dt_limit))
@@ -160,3 +162,37 @@ def _check_ssd_shapes(x, dt, A, B, C, z, initial_states):
         ok = ok and tuple(initial_states.shape) == (bsz, nheads, headdim, B.shape[-1])
     if not ok:
         raise _shape_error("ssd", expected, got)
+
+
+def _check_conv_update_shapes(x, conv_state, weight, bias):
+    expected = "x (batch, D); conv_state (batch, D, W); weight (D, W); bias (D,)"
+    got = dict(x=x, conv_state=conv_state, weight=weight, bias=bias)
+    ok = x.dim() == 2 and conv_state.dim() == 3 and weight.dim() == 2
+    ok = ok and tuple(conv_state.shape[:2]) == tuple(x.shape) and tuple(weight.shape) == (x.shape[1],
+                                                                                          conv_state.shape[2])
+    ok = ok and (bias is None or tuple(bias.shape) == (x.shape[1],))
+    if not ok:
+        raise _shape_error("causal_conv1d_update", expected, got)
+
+
+def _check_state_update_shapes(state, x, dt, A, B, C, z):
+    got = dict(state=state, x=x, dt=dt, A=A, B=B, C=C, z=z)
+    if state.dim() == 3:  # Mamba-1
+        expected = ("Mamba-1 state (batch, D, N); x, dt, z (batch, D); A (D, N); B, C (batch, N) or "
+                    "(batch, G, N) with G dividing D")
+        bsz, dim, n = state.shape
+        ok = (tuple(x.shape) == (bsz, dim) and dt.shape == x.shape and tuple(A.shape) == (dim, n)
+              and B.shape == C.shape and B.dim() in (2, 3) and B.shape[0] == bsz and B.shape[-1] == n
+              and (B.dim() == 2 or dim % B.shape[1] == 0))
+    elif state.dim() == 4:  # Mamba-2
+        expected = ("Mamba-2 state (batch, H, P, N); x, z (batch, H, P); dt (batch, H); A (H,); "
+                    "B, C (batch, G, N) with G dividing H")
+        bsz, nheads, headdim, n = state.shape
+        ok = (tuple(x.shape) == (bsz, nheads, headdim) and tuple(dt.shape) == (bsz, nheads)
+              and tuple(A.shape) == (nheads,) and B.shape == C.shape and B.dim() == 3 and B.shape[0] == bsz
+              and B.shape[-1] == n and nheads % B.shape[1] == 0)
+    else:
+        expected = "state (batch, D, N) for Mamba-1 or (batch, H, P, N) for Mamba-2"
+        ok = False
+    if not ok or (z is not None and z.shape != x.shape):
+        raise _shape_error("selective_state_update", expected, got)

@@ -26,15 +26,19 @@ def _scan_piece(h0, log_decay, drive, C):
     h0: (Bsz, G, D/G, N); log_decay, drive: (Bsz, G, D/G, T, N); C: (Bsz, G, 1, T, N).
     Returns y (Bsz, G, D/G, T) and the state after the piece.
     """
-    S = torch.cumsum(log_decay, dim=-2)
+    # S is counted from the piece's first step (S = 0 there) and that step's own decay multiplies h0
+    # directly: a single step's decay never enters exp(-S), so one step is exact however large its decay.
+    first = log_decay[..., :1, :]
+    S = torch.cumsum(torch.cat([torch.zeros_like(first), log_decay[..., 1:, :]], dim=-2), dim=-2)
     T = S.shape[-2]
     if T > 1 and bool(S.detach().abs().amax() > _MAX_LOG_DECAY):
         half = T // 2
         y1, h1 = _scan_piece(h0, log_decay[..., :half, :], drive[..., :half, :], C[..., :half, :])
         y2, h2 = _scan_piece(h1, log_decay[..., half:, :], drive[..., half:, :], C[..., half:, :])
         return torch.cat([y1, y2], dim=-1), h2
-    growth = torch.exp(S)  # one exp: exp(-S) is its reciprocal, which |S| <= _MAX_LOG_DECAY keeps finite
-    h = growth * (h0[..., None, :] + torch.cumsum(drive / growth, dim=-2))
+    # exp(-S) as its own exp, not drive / exp(S): the backward of a division needs exp(S)**-2 = exp(-2S),
+    # which overflows fp32 (inf/NaN gradients) once |S| passes ~44, well inside _MAX_LOG_DECAY.
+    h = torch.exp(S) * (torch.exp(first) * h0[..., None, :] + torch.cumsum(torch.exp(-S) * drive, dim=-2))
     y = (h * C).sum(-1)
     return y, h[..., -1, :]
 
