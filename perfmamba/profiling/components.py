@@ -27,3 +27,33 @@ def component_of_parameter(name: str) -> str:
     if leaf.startswith("norm"):
         return "gate_norm"
     return leaf.split(".", 1)[0]  # in_proj, conv1d, x_proj, dt_proj, out_proj
+
+
+# ------------------------------------------------------------------------------------- profiled components
+# What `perfmamba profile` times, costs and reports, in data-flow order.  Besides the mixer's components:
+#   "norm"      the block's pre-norm RMSNorm and its residual add (in a whole model also the final norm);
+#   "embedding" and "lm_head" for whole models.
+# Mamba-1's gate SiLU(z) and D skip are fused into the selective scan (our ops, like mamba_ssm's
+# selective_scan_fn, take z and D), so they are measured and costed under "ssm"; Mamba-1's "gate_norm" row
+# is kept, marked FUSED_INTO["mamba1"]["gate_norm"] == "ssm", with zero time, FLOPs and bytes.
+SCOPES = ("block", "model")
+FUSED_INTO = {"mamba1": {"gate_norm": "ssm"}, "mamba2": {}}
+MATMUL_COMPONENTS = ("in_proj", "x_proj", "dt_proj", "out_proj", "lm_head")  # plain GEMMs (nn.Linear)
+
+
+def profiled_components(family: str, scope: str = "block") -> tuple:
+    """Component names of one profiled unit: a block ("norm" + the mixer's) or a whole model."""
+    if scope == "block":
+        return ("norm",) + block_components(family)
+    return ("embedding", "norm") + block_components(family) + ("lm_head",)
+
+
+def fused_into(family: str, component: str):
+    """The component whose kernel does ``component``'s work, or None when it runs on its own."""
+    return FUSED_INTO.get(family, {}).get(component)
+
+
+def flop_checked(component: str, mode: str) -> bool:
+    """Whether the component's analytic matmul FLOPs are checked against torch.utils.flop_counter: the GEMMs,
+    and the conv in prefill (F.conv1d; the decode update is an elementwise dot the counter does not see)."""
+    return component in MATMUL_COMPONENTS or (component == "conv1d" and mode == "prefill")

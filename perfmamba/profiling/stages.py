@@ -1,0 +1,223 @@
+"""The mixers' forward and step, cut into stages that can be timed one at a time.
+
+Each stage calls the SAME module weights and the same ``perfmamba.ops`` functions, in the same order and
+with the same arguments, as ``Mamba1Mixer`` / ``Mamba2Mixer`` (``forward`` for prefill, ``step`` for
+decode), ``Block`` and ``MambaLM``; tests/profiling/test_stages.py checks that running the stages in
+sequence gives exactly the model's output, so the staging cannot drift from the model.
+
+A stage is a function ``env -> env``: ``env`` is a dict of the live tensors at that point (the residual
+stream, the mixer's intermediates); a stage never modifies its input tensors (decode stages advance the
+inference cache in place, as the model does), so it can be called again and again on the same ``env`` to
+time it in isolation on realistic inputs.  Stages carry their component name (profiling/components.py);
+a component may own several stages ("norm": the pre-norm and the residual add; in a whole model, one
+set per layer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from perfmamba import ops
+
+
+@dataclass
+class Stage:
+    component: str
+    kind: str  # unique within one layer: "norm_pre", "in_proj", ..., "norm_post"; "embedding", "norm_f", "lm_head"
+    fn: Callable[[dict], dict]
+    layer: Optional[int] = None
+
+
+def run_stages(stages, env: dict) -> dict:
+    for stage in stages:
+        env = stage.fn(env)
+    return env
+
+
+# ---------------------------------------------------------------------------------------------- Mamba-1
+def _mamba1_prefill(m) -> list:
+    """Mamba1Mixer.forward (no cache): u (Bsz, L, d_model) -> out (Bsz, L, d_model)."""
+
+    def in_proj(e):
+        xz = m.in_proj(e["u"]).transpose(1, 2)  # (Bsz, 2D, L)
+        x, z = xz.chunk(2, dim=1)  # (Bsz, D, L) each
+        return {"res": e["res"], "x": x, "z": z}
+
+    def conv1d(e):
+        x, _ = ops.causal_conv1d(e["x"], m._conv_weight(), m.conv1d.bias, activation="silu",
+                                 return_final_state=True, backend=m.backend)
+        return {**e, "x": x}
+
+    def x_proj(e):
+        dt, B, C = m._split_xproj(m.x_proj(e["x"].transpose(1, 2)))  # (Bsz, L, R | N | N)
+        return {**e, "dt": dt, "B": B, "C": C}
+
+    def dt_proj(e):
+        return {**e, "dt": F.linear(e["dt"], m.dt_proj.weight).transpose(1, 2)}  # (Bsz, D, L)
+
+    def ssm(e):
+        A = -torch.exp(m.A_log.float())  # (D, N)
+        y, _ = ops.selective_scan(e["x"], e["dt"], A, e["B"].transpose(1, 2), e["C"].transpose(1, 2),
+                                  D=m.D.float(), z=e["z"], delta_bias=m.dt_proj.bias.float(), delta_softplus=True,
+                                  return_last_state=True, backend=m.backend)  # (Bsz, D, L), gate fused
+        return {"res": e["res"], "y": y}
+
+    def out_proj(e):
+        return {"res": e["res"], "out": m.out_proj(e["y"].transpose(1, 2))}
+
+    return [("in_proj", in_proj), ("conv1d", conv1d), ("x_proj", x_proj), ("dt_proj", dt_proj), ("ssm", ssm),
+            ("out_proj", out_proj)]
+
+
+def _mamba1_decode(m, cache) -> list:
+    """Mamba1Mixer.step: u (Bsz, d_model) -> out (Bsz, d_model); the layer's cache advances in place."""
+    li = m.layer_idx
+
+    def in_proj(e):
+        x, z = m.in_proj(e["u"]).chunk(2, dim=-1)  # (Bsz, D) each
+        return {"res": e["res"], "x": x, "z": z}
+
+    def conv1d(e):
+        x = ops.causal_conv1d_update(e["x"], cache.conv_states[li], m._conv_weight(), m.conv1d.bias,
+                                     activation="silu", backend=m.backend)
+        return {**e, "x": x}
+
+    def x_proj(e):
+        dt, B, C = m._split_xproj(m.x_proj(e["x"]))
+        return {**e, "dt": dt, "B": B, "C": C}
+
+    def dt_proj(e):
+        return {**e, "dt": F.linear(e["dt"], m.dt_proj.weight)}  # (Bsz, D)
+
+    def ssm(e):
+        A = -torch.exp(m.A_log.float())
+        y = ops.selective_state_update(cache.ssm_states[li], e["x"], e["dt"], A, e["B"], e["C"], D=m.D.float(),
+                                       z=e["z"], dt_bias=m.dt_proj.bias.float(), dt_softplus=True, backend=m.backend)
+        return {"res": e["res"], "y": y}
+
+    def out_proj(e):
+        return {"res": e["res"], "out": m.out_proj(e["y"])}
+
+    return [("in_proj", in_proj), ("conv1d", conv1d), ("x_proj", x_proj), ("dt_proj", dt_proj), ("ssm", ssm),
+            ("out_proj", out_proj)]
+
+
+# ---------------------------------------------------------------------------------------------- Mamba-2
+def _mamba2_prefill(m) -> list:
+    """Mamba2Mixer.forward (no cache)."""
+
+    def in_proj(e):
+        z, xbc, dt = m._split_in_proj(m.in_proj(e["u"]))  # (Bsz, L, d_inner | conv_dim | H)
+        return {"res": e["res"], "z": z, "xbc": xbc, "dt": dt}
+
+    def conv1d(e):
+        xbc, _ = ops.causal_conv1d(e["xbc"].transpose(1, 2), m._conv_weight(), m.conv1d.bias, activation="silu",
+                                   return_final_state=True, backend=m.backend)
+        x, B, C = m._split_xbc(xbc.transpose(1, 2))  # (Bsz, L, d_inner), (Bsz, L, G*N) x2
+        return {"res": e["res"], "z": e["z"], "dt": e["dt"], "x": x, "B": B, "C": C}
+
+    def ssm(e):
+        x = e["x"]
+        bsz, seqlen = x.shape[:2]
+        A = -torch.exp(m.A_log.float())  # (H,)
+        y, _ = ops.ssd(
+            x.reshape(bsz, seqlen, m.nheads, m.headdim), e["dt"], A,
+            e["B"].reshape(bsz, seqlen, m.ngroups, m.d_state), e["C"].reshape(bsz, seqlen, m.ngroups, m.d_state),
+            m.config.chunk_size, D=m.D.float(), dt_bias=m.dt_bias.float(), dt_softplus=True,
+            return_final_states=True, dt_limit=m.config.dt_limit, backend=m.backend)  # (Bsz, L, H, P)
+        return {"res": e["res"], "z": e["z"], "y": y}
+
+    def gate_norm(e):
+        y = e["y"]
+        return {"res": e["res"], "y": m.norm(y.reshape(y.shape[0], y.shape[1], m.d_inner), e["z"])}
+
+    def out_proj(e):
+        return {"res": e["res"], "out": m.out_proj(e["y"])}
+
+    return [("in_proj", in_proj), ("conv1d", conv1d), ("ssm", ssm), ("gate_norm", gate_norm),
+            ("out_proj", out_proj)]
+
+
+def _mamba2_decode(m, cache) -> list:
+    """Mamba2Mixer.step."""
+    li = m.layer_idx
+
+    def in_proj(e):
+        z, xbc, dt = m._split_in_proj(m.in_proj(e["u"]))
+        return {"res": e["res"], "z": z, "xbc": xbc, "dt": dt}
+
+    def conv1d(e):
+        xbc = ops.causal_conv1d_update(e["xbc"], cache.conv_states[li], m._conv_weight(), m.conv1d.bias,
+                                       activation="silu", backend=m.backend)
+        x, B, C = m._split_xbc(xbc)
+        return {"res": e["res"], "z": e["z"], "dt": e["dt"], "x": x, "B": B, "C": C}
+
+    def ssm(e):
+        bsz = e["x"].shape[0]
+        A = -torch.exp(m.A_log.float())
+        y = ops.selective_state_update(
+            cache.ssm_states[li], e["x"].reshape(bsz, m.nheads, m.headdim), e["dt"], A,
+            e["B"].reshape(bsz, m.ngroups, m.d_state), e["C"].reshape(bsz, m.ngroups, m.d_state),
+            D=m.D.float(), dt_bias=m.dt_bias.float(), dt_softplus=True, dt_limit=m.config.dt_limit,
+            backend=m.backend)  # (Bsz, H, P)
+        return {"res": e["res"], "z": e["z"], "y": y}
+
+    def gate_norm(e):
+        y = e["y"]
+        return {"res": e["res"], "y": m.norm(y.reshape(y.shape[0], m.d_inner), e["z"])}
+
+    def out_proj(e):
+        return {"res": e["res"], "out": m.out_proj(e["y"])}
+
+    return [("in_proj", in_proj), ("conv1d", conv1d), ("ssm", ssm), ("gate_norm", gate_norm),
+            ("out_proj", out_proj)]
+
+
+_MIXER_STAGES = {("mamba1", "prefill"): _mamba1_prefill, ("mamba1", "decode"): _mamba1_decode,
+                 ("mamba2", "prefill"): _mamba2_prefill, ("mamba2", "decode"): _mamba2_decode}
+
+
+# ---------------------------------------------------------------------------------------------- blocks
+def block_stages(block, mode: str, cache=None, layer: Optional[int] = None) -> list:
+    """Block.forward (prefill, no cache) or Block.step (decode): env {"h": x} -> {"h": x + mixer(norm(x))}."""
+    family = block.mixer.config.family
+    mixer = block.mixer
+    parts = _MIXER_STAGES[(family, mode)](*((mixer,) if mode == "prefill" else (mixer, cache)))
+
+    def norm_pre(e):
+        return {"res": e["h"], "u": block.norm(e["h"])}
+
+    def norm_post(e):
+        return {"h": block._residual(e["res"]) + e["out"]}
+
+    stages = [Stage("norm", "norm_pre", norm_pre, layer)]
+    stages += [Stage(name, name, fn, layer) for name, fn in parts]
+    stages.append(Stage("norm", "norm_post", norm_post, layer))
+    return stages
+
+
+def model_stages(model, mode: str, cache=None) -> list:
+    """MambaLM's forward (prefill, no cache; env {"ids": (Bsz, L)}) or step (decode; env {"ids": (Bsz,)})
+    -> {"logits": ...}.  ``model.forward``'s input check is left out (it validates, it computes nothing)."""
+    bb = model.backbone
+    stages = [Stage("embedding", "embedding", lambda e: {"h": bb.embedding(e["ids"])})]
+    for i, block in enumerate(bb.layers):
+        stages += block_stages(block, mode, cache, layer=i)
+    stages.append(Stage("norm", "norm_f", lambda e: {"h": bb.norm_f(e["h"])}))
+    stages.append(Stage("lm_head", "lm_head", lambda e: {"logits": model.lm_head(e["h"])}))
+    return stages
+
+
+def whole_call(unit, scope: str, mode: str, env: dict, cache=None) -> Callable[[], torch.Tensor]:
+    """The unprofiled call that the stages reproduce: Block.forward / Block.step / MambaLM.forward / .step."""
+    if scope == "block":
+        return (lambda: unit(env["h"])) if mode == "prefill" else (lambda: unit.step(env["h"], cache))
+    return (lambda: unit(env["ids"])) if mode == "prefill" else (lambda: unit.step(env["ids"], cache))
+
+
+def unit_stages(unit, scope: str, mode: str, cache=None) -> list:
+    return block_stages(unit, mode, cache) if scope == "block" else model_stages(unit, mode, cache)
