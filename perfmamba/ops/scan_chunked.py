@@ -6,8 +6,9 @@ state), the recurrence h_t = exp(delta_t A) h_{t-1} + b_t has the closed form
     h_t = exp(S_t) * (h_0 + sum_{s<=t} exp(-S_s) * b_s),
 
 i.e. one cumulative sum instead of T dependent steps.  exp(-S_s) overflows fp32 once |S| passes ~88, so
-a chunk whose total |S| exceeds ``_MAX_LOG_DECAY`` is split in halves until every piece is safe (a single
-step is always exact).  Between chunks the state (Bsz, D, N) is carried sequentially.
+a chunk whose |S| exceeds ``_MAX_LOG_DECAY`` (fast-forgetting channels) takes a stable log-depth scan
+instead, which costs ~3x more arithmetic but never exponentiates a growth.  Between chunks the state
+(Bsz, D, N) is carried sequentially.
 """
 
 from __future__ import annotations
@@ -20,25 +21,37 @@ from perfmamba.ops.scan_ref import finish_output, group_view, prepare_delta
 _MAX_LOG_DECAY = 60.0
 
 
+def _scan_doubling(h0, log_decay, drive):
+    """Stable fallback: a log-depth (Hillis-Steele) scan over the piece, with no exp of a positive number.
+
+    After the round with offset k, position t holds the composition of steps t-2k+1 .. t: its summed
+    log-decay ``la`` and its accumulated input ``b``.  Then h_t = exp(la_t) * h0 + b_t.
+    """
+    la, b = log_decay, drive  # (Bsz, G, D/G, T, N)
+    T, k = la.shape[-2], 1
+    while k < T:
+        b = torch.cat([b[..., :k, :], b[..., k:, :] + torch.exp(la[..., k:, :]) * b[..., :-k, :]], dim=-2)
+        la = torch.cat([la[..., :k, :], la[..., k:, :] + la[..., :-k, :]], dim=-2)
+        k *= 2
+    return torch.exp(la) * h0[..., None, :] + b
+
+
 def _scan_piece(h0, log_decay, drive, C):
-    """One piece of the sequence.
+    """One chunk of the sequence.
 
     h0: (Bsz, G, D/G, N); log_decay, drive: (Bsz, G, D/G, T, N); C: (Bsz, G, 1, T, N).
-    Returns y (Bsz, G, D/G, T) and the state after the piece.
+    Returns y (Bsz, G, D/G, T) and the state after the chunk.
     """
-    # S is counted from the piece's first step (S = 0 there) and that step's own decay multiplies h0
-    # directly: a single step's decay never enters exp(-S), so one step is exact however large its decay.
+    # S is counted from the chunk's second step (S = 0 at the first) and the first step's own decay
+    # multiplies h0 directly, so a chunk of one step never needs exp(-S).
     first = log_decay[..., :1, :]
     S = torch.cumsum(torch.cat([torch.zeros_like(first), log_decay[..., 1:, :]], dim=-2), dim=-2)
-    T = S.shape[-2]
-    if T > 1 and bool(S.detach().abs().amax() > _MAX_LOG_DECAY):
-        half = T // 2
-        y1, h1 = _scan_piece(h0, log_decay[..., :half, :], drive[..., :half, :], C[..., :half, :])
-        y2, h2 = _scan_piece(h1, log_decay[..., half:, :], drive[..., half:, :], C[..., half:, :])
-        return torch.cat([y1, y2], dim=-1), h2
-    # exp(-S) as its own exp, not drive / exp(S): the backward of a division needs exp(S)**-2 = exp(-2S),
-    # which overflows fp32 (inf/NaN gradients) once |S| passes ~44, well inside _MAX_LOG_DECAY.
-    h = torch.exp(S) * (torch.exp(first) * h0[..., None, :] + torch.cumsum(torch.exp(-S) * drive, dim=-2))
+    if bool(S.detach().abs().amax() > _MAX_LOG_DECAY):
+        h = _scan_doubling(h0, log_decay, drive)
+    else:
+        # exp(-S) as its own exp, not drive / exp(S): the backward of a division needs exp(-2S), which
+        # overflows fp32 (inf/NaN gradients) once |S| passes ~44, well inside _MAX_LOG_DECAY.
+        h = torch.exp(S) * (torch.exp(first) * h0[..., None, :] + torch.cumsum(torch.exp(-S) * drive, dim=-2))
     y = (h * C).sum(-1)
     return y, h[..., -1, :]
 
