@@ -1,7 +1,15 @@
 """Shared test helpers (kept minimal)."""
 
+import os
+
 import pytest
 import torch
+
+# Without a GPU the Triton kernels run through the interpreter, and @triton.jit decides between
+# interpreted and compiled kernels when triton is first imported: set the flag before any test module
+# can import triton, so the CPU kernel tests in tests/ops/test_triton_kernels.py always run in CI.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import os
 import platform
 import subprocess
@@ -27,10 +28,9 @@ def device_name(device: torch.device | str) -> str:
 
 
 def environment_info(device: torch.device | str = "cpu") -> dict:
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
+    try:  # the installed version, without importing triton (an import fixes its interpreter mode)
+        triton_version = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
         triton_version = None
     return {
         "device": device_name(device),

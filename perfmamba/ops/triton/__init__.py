@@ -1,0 +1,15 @@
+"""Triton kernels behind ``perfmamba.ops`` (backend="triton").
+
+Each launcher takes the same arguments as its plain-torch reference twin (``perfmamba.ops.scan_ref``,
+``perfmamba.ops.conv_ref``) and returns the same results; importing this package needs triton.
+Every launcher also accepts ``out=`` for the main output (tests pre-fill it with NaN to prove every
+element is written).
+"""
+
+from perfmamba.ops.triton.conv1d import causal_conv1d_triton, causal_conv1d_update_triton
+from perfmamba.ops.triton.selective_scan import selective_scan_triton
+from perfmamba.ops.triton.ssd import ssd_triton
+from perfmamba.ops.triton.state_update import selective_state_update_triton
+
+__all__ = ["selective_scan_triton", "ssd_triton", "causal_conv1d_triton", "causal_conv1d_update_triton",
+           "selective_state_update_triton"]

@@ -1,0 +1,261 @@
+"""Mamba-1 selective scan as one Triton kernel.
+
+Each program owns one batch row, one B/C group and a block of BLOCK_D channels of that group, with all N
+states of those channels in registers (fp32).  It walks the sequence in tiles of BLOCK_L steps:
+
+  * u, delta, z of the tile are loaded once as (BLOCK_L, BLOCK_D) tiles (contiguous along L, so each
+    thread reads a short vector) and B, C once as (BLOCK_L, BLOCK_N) tiles shared by every channel;
+  * the recurrence h_t = a_t h_{t-1} + b_t with a = exp(delta A), b = delta u B is solved inside the tile
+    by an associative scan along L over (BLOCK_L, N_OUT, BLOCK_D, N_IN) tensors (n = n_out * N_IN + n_in).
+    Their layout follows the B/C loads, which are issued at that full shape (broadcast over BLOCK_D) for
+    that reason: L-contiguous vectors inside each thread, lanes over N_IN and BLOCK_D, warps over BLOCK_D.
+    Up to one 16-byte vector along L (BLOCK_L <= 8 for bf16) the scan is a sequential in-register loop;
+    a longer BLOCK_L puts a few lanes on L and the scan finishes with a short shuffle tree, which still
+    measured faster because the per-tile overhead is amortized over more steps;
+  * the state entering the tile is folded in afterwards (h_t += (a_1...a_t) h_in), and the state leaving
+    it is the last row; y_t = sum_n h_t C_t reduces N_OUT in registers and N_IN across lanes.
+
+The work per element is one exp2 plus a handful of FMAs, so the cost grows linearly with N; the padded
+BLOCK_N (a power of two) is the only waste for odd N.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+
+def interpreting() -> bool:
+    """True under TRITON_INTERPRET=1 (CPU tensors, numpy semantics): tile choices differ there."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def next_pow2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+_TUNED: dict = {}
+
+
+def pick_config(key, candidates, launch):
+    """The fastest of ``candidates`` for ``key``, timed once per process on the live inputs.
+
+    ``launch(cfg)`` runs the kernel with one configuration (results are overwritten by the next run, so
+    the kernels must be pure functions of their inputs, which they are).  The first candidate is used
+    without timing under the interpreter, during CUDA-graph capture, or when there is only one.
+    """
+    if key in _TUNED:
+        return _TUNED[key]
+    if interpreting() or len(candidates) == 1 or torch.cuda.is_current_stream_capturing():
+        return candidates[0]
+    import triton.testing
+    times = []
+    for cfg in candidates:
+        try:
+            times.append((triton.testing.do_bench(lambda: launch(cfg), warmup=5, rep=20, return_mode="median"), cfg))
+        except Exception:  # noqa: BLE001 - a configuration that fails to compile (resources) is skipped
+            continue
+    best = min(times, key=lambda t: t[0])[1] if times else candidates[0]
+    _TUNED[key] = best
+    return best
+
+
+@triton.jit
+def softplus(x):
+    # torch's softplus with its default threshold 20 (above it, log(1 + e^x) == x in fp32)
+    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
+
+
+@triton.jit
+def _scan_combine(a1, b1, a2, b2):
+    # (a1, b1) then (a2, b2): h -> a2 (a1 h + b1) + b2
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _selective_scan_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, Dp_ptr, z_ptr, dtb_ptr, y_ptr, hlast_ptr,
+    L, DG, G,
+    s_ub, s_ud, s_ul,  # u (Bsz, D, L)
+    s_tb, s_td, s_tl,  # delta (Bsz, D, L)
+    s_ad, s_an,  # A (D, N)
+    s_bb, s_bg, s_bn, s_bl,  # B (Bsz, G, N, L)
+    s_cb, s_cg, s_cn, s_cl,  # C (Bsz, G, N, L)
+    s_zb, s_zd, s_zl,  # z (Bsz, D, L)
+    s_yb, s_yd, s_yl,  # y (Bsz, D, L)
+    s_hb, s_hd, s_hn,  # last state (Bsz, D, N)
+    N: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    STORE_STATE: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, N_IN: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+):
+    pid_bg = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    b = pid_bg // G
+    g = pid_bg % G
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # channel inside the group
+    d_mask = offs_d < DG
+    chan = g * DG + offs_d  # (BLOCK_D,) global channel index
+    # The state index n = no * N_IN + ni is split in two axes: N_OUT states per thread (the y reduction
+    # over them is in-register) times N_IN lanes (a short shuffle tree).  Tensors are laid out
+    # (BLOCK_L, N_OUT, BLOCK_D, N_IN): Triton's default layout fills lanes from the last axis, so lanes go
+    # to N_IN then BLOCK_D, warps to BLOCK_D, and L / N_OUT stay inside each thread.
+    N_OUT: tl.constexpr = BLOCK_N // N_IN
+    n_o = tl.arange(0, N_OUT)[:, None, None]  # (N_OUT, 1, 1)
+    n_i = tl.arange(0, N_IN)[None, None, :]  # (1, 1, N_IN)
+    n3 = n_o * N_IN + n_i  # (N_OUT, 1, N_IN)
+    n_mask3 = n3 < N
+    d3 = offs_d[None, :, None]  # (1, BLOCK_D, 1)
+    chan3 = chan[None, :, None]
+
+    # A pre-scaled by log2(e) so that exp(delta*A) is one exp2.  (N_OUT, BLOCK_D, N_IN)
+    A2 = tl.load(A_ptr + chan3 * s_ad + n3 * s_an, mask=n_mask3 & (d3 < DG), other=0.0).to(tl.float32)
+    A2 = A2 * 1.4426950408889634
+    if HAS_DT_BIAS:
+        dt_bias = tl.load(dtb_ptr + chan, mask=d_mask, other=0.0).to(tl.float32)  # (BLOCK_D,)
+    if HAS_D:
+        d_skip = tl.load(Dp_ptr + chan, mask=d_mask, other=0.0).to(tl.float32)
+
+    h = tl.zeros((N_OUT, BLOCK_D, N_IN), dtype=tl.float32)  # running state of the block's channels
+    u_base = u_ptr + b * s_ub + chan[None, :] * s_ud
+    t_base = dt_ptr + b * s_tb + chan[None, :] * s_td
+    y_base = y_ptr + b * s_yb + chan[None, :] * s_yd
+    B_base = B_ptr + b * s_bb + g * s_bg + n3 * s_bn  # (N_OUT, 1, N_IN)
+    C_base = C_ptr + b * s_cb + g * s_cg + n3 * s_cn
+    if HAS_Z:
+        z_base = z_ptr + b * s_zb + chan[None, :] * s_zd
+    rows = tl.arange(0, BLOCK_L)
+    rows4 = rows[:, None, None, None]  # (BLOCK_L, 1, 1, 1)
+    last_row = rows4 == BLOCK_L - 1
+
+    for l0 in tl.range(0, L, BLOCK_L, num_stages=NUM_STAGES):
+        offs_l = l0 + rows
+        l_mask = offs_l < L
+        ld_mask = l_mask[:, None] & d_mask[None, :]  # (BLOCK_L, BLOCK_D)
+        l4 = l0 + rows4
+        ln_mask = (l4 < L) & n_mask3[None]  # (BLOCK_L, N_OUT, 1, N_IN)
+        u = tl.load(u_base + offs_l[:, None] * s_ul, mask=ld_mask, other=0.0).to(tl.float32)
+        dt = tl.load(t_base + offs_l[:, None] * s_tl, mask=ld_mask, other=0.0).to(tl.float32)
+        # B and C are loaded already broadcast over BLOCK_D (same address across those lanes: one
+        # transaction).  A full-shape load makes Triton give the whole computation this load's layout:
+        # L contiguous inside each thread (vector loads) and lanes over N_IN and BLOCK_D, which is the
+        # layout the in-register scan wants.  A (BLOCK_L, N_OUT, 1, N_IN) load would instead spread
+        # the BLOCK_D broadcast inside threads.
+        shape4: tl.constexpr = (BLOCK_L, N_OUT, BLOCK_D, N_IN)
+        m4 = tl.broadcast_to(ln_mask, shape4)
+        Bt = tl.load(tl.broadcast_to(B_base[None] + l4 * s_bl, shape4), mask=m4, other=0.0).to(tl.float32)
+        Ct = tl.load(tl.broadcast_to(C_base[None] + l4 * s_cl, shape4), mask=m4, other=0.0).to(tl.float32)
+        if HAS_DT_BIAS:
+            dt = dt + dt_bias[None, :]
+        if SOFTPLUS:
+            dt = softplus(dt)
+        # steps past L must leave the state alone: delta = 0 gives a = 1, b = 0
+        dt = tl.where(ld_mask, dt, 0.0)
+
+        dt4 = dt[:, None, :, None]  # (BLOCK_L, 1, BLOCK_D, 1)
+        a = tl.exp2(dt4 * A2[None])  # (BLOCK_L, N_OUT, BLOCK_D, N_IN)
+        bx = (dt * u)[:, None, :, None] * Bt
+        if BLOCK_L == 1:
+            # one step per tile (the interpreter's choice: its generic scan is a Python loop per element)
+            a_cum, hs = a, bx
+        else:
+            a_cum, hs = tl.associative_scan((a, bx), 0, _scan_combine)
+        hs = hs + a_cum * h[None]  # fold in the state entering the tile
+        yt = tl.sum(tl.sum(hs * Ct, axis=1), axis=2)  # (BLOCK_L, BLOCK_D)
+        h = tl.sum(tl.where(last_row, hs, 0.0), axis=0)
+
+        if HAS_D:
+            yt += u * d_skip[None, :]
+        if HAS_Z:
+            zt = tl.load(z_base + offs_l[:, None] * s_zl, mask=ld_mask, other=0.0).to(tl.float32)
+            yt = yt * zt * tl.sigmoid(zt)
+        tl.store(y_base + offs_l[:, None] * s_yl, yt.to(y_ptr.dtype.element_ty), mask=ld_mask)
+
+    if STORE_STATE:
+        tl.store(hlast_ptr + b * s_hb + chan3 * s_hd + n3 * s_hn, h, mask=n_mask3 & (d3 < DG))
+
+
+def _scan_configs(n_state: int, seqlen: int, channels_per_group: int):
+    """Candidate (BLOCK_L, BLOCK_D, N_IN, num_warps, num_stages) for a problem, the default first.
+
+    N_IN lanes share one channel's states so each thread keeps N_OUT = BLOCK_N / N_IN of them for BLOCK_L
+    steps; the other lanes and all warps go to channels (BLOCK_D = 32 / N_IN * num_warps).  Fewer states
+    mean proportionally more channels per program, so the time follows N.  Longer BLOCK_L amortizes the
+    per-tile cost (layout shuffles, barriers, loop overhead); register space bounds BLOCK_L * N_OUT.
+    """
+    block_n = max(2, next_pow2(n_state))
+    if interpreting():
+        # the interpreter runs each tensor op in numpy but associative_scan element by element in Python:
+        # one step per tile and wide channel blocks are fastest there
+        return [(1, min(64, max(2, next_pow2(channels_per_group))), 1, 1, 1)]
+    nw = 4
+    cands = []
+    # Measured on an H100 (bf16, B=8 L=2048 D=1536): N=16 0.50 ms at (32, 16, 8, 4, 2) vs 0.57-0.58 ms at
+    # BLOCK_L = 8; N=8 0.28 ms at (32, 32, 4, 4, 2).  A twin kernel with B/C L-strides hidden from the
+    # compiler (to force L inside threads at any BLOCK_L) made the B/C loads scalar and ran 2-10x slower.
+    for n_in, block_l, stages in ((block_n // 2, 32, 2), (block_n // 4, 8, 1), (block_n // 2, 16, 1)):
+        n_in = min(32, max(1, n_in))
+        cfg = (block_l, (32 // n_in) * nw, n_in, nw, stages)
+        if cfg not in cands:
+            cands.append(cfg)
+    return cands
+
+
+def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                          return_last_state=False, out=None, config=None):
+    """Same arguments, shapes and results as ``selective_scan_ref``.
+
+    u, delta, z: (Bsz, D, L); A: (D, N); B, C: (Bsz, N, L) or (Bsz, G, N, L); D, delta_bias: (D,).
+    ``out`` (Bsz, D, L) may be passed to receive y (tests pre-fill it with NaN); ``config`` overrides the
+    (BLOCK_L, BLOCK_D, N_IN, num_warps, num_stages) choice.
+    """
+    bsz, dim, seqlen = u.shape
+    n_state = A.shape[1]
+    Bg = B if B.dim() == 4 else B.unsqueeze(1)  # (Bsz, G, N, L)
+    Cg = C if C.dim() == 4 else C.unsqueeze(1)
+    groups = Bg.shape[1]
+    dg = dim // groups
+    # only the innermost (L) stride matters for speed; any other strides are passed through
+    u = u if u.stride(-1) == 1 else u.contiguous()
+    delta = delta if delta.stride(-1) == 1 else delta.contiguous()
+    Bg = Bg if Bg.stride(-1) == 1 else Bg.contiguous()
+    Cg = Cg if Cg.stride(-1) == 1 else Cg.contiguous()
+    if z is not None and z.stride(-1) != 1:
+        z = z.contiguous()
+    D = D.contiguous() if D is not None else None  # indexed by channel with stride 1
+    delta_bias = delta_bias.contiguous() if delta_bias is not None else None
+    y = out if out is not None else torch.empty_like(u)
+    hlast = (torch.empty(bsz, dim, n_state, device=u.device, dtype=torch.float32)
+             if return_last_state else None)
+    if seqlen == 0:
+        if hlast is not None:
+            hlast.zero_()
+        return (y, hlast) if return_last_state else y
+    block_n = max(2, next_pow2(n_state))
+    zz = z if z is not None else u
+    hh = hlast if hlast is not None else u
+
+    def launch(cfg):
+        block_l, block_d, n_in, num_warps, num_stages = cfg
+        grid = (bsz * groups, triton.cdiv(dg, block_d))
+        _selective_scan_kernel[grid](
+            u, delta, A, Bg, Cg, D if D is not None else u, zz, delta_bias if delta_bias is not None else u, y, hh,
+            seqlen, dg, groups,
+            *u.stride(), *delta.stride(), *A.stride(), *Bg.stride(), *Cg.stride(), *zz.stride(), *y.stride(),
+            *(hlast.stride() if hlast is not None else (0, 0, 0)),
+            N=n_state, HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=delta_bias is not None,
+            SOFTPLUS=bool(delta_softplus), STORE_STATE=return_last_state,
+            BLOCK_L=block_l, BLOCK_N=block_n, BLOCK_D=block_d, N_IN=n_in, NUM_STAGES=num_stages,
+            num_warps=num_warps,
+        )
+
+    if config is None:
+        # the candidates are timed once per shape class on the live inputs (see pick_config)
+        key = ("scan", block_n, next_pow2(dg), next_pow2(seqlen), bsz * groups, u.dtype, Bg.dtype, z is not None)
+        config = pick_config(key, _scan_configs(n_state, seqlen, dg), launch)
+    launch(config)
+    return (y, hlast) if return_last_state else y

@@ -1,0 +1,203 @@
+"""Mamba-2 SSD (state-space duality) scan as one fused Triton kernel.
+
+One program owns one (batch row, head, block of BLOCK_P head channels) and walks the sequence chunk by
+chunk (BLOCK_T steps), keeping the running state h^T (N, BLOCK_P) in fp32 registers.  Per chunk, with
+a_t = dt_t A (one scalar per head and step) and acum its cumulative sum inside the chunk:
+
+    y      = (C h) * exp(acum)                                   the state entering the chunk
+           + ((C B^T) * exp(acum_t - acum_s) * dt_s * [s <= t]) x   the chunk itself (quadratic form)
+    h^T   <- exp(acum_T) h^T + (B * exp(acum_T - acum_s) dt_s)^T x   the state leaving it
+
+All four products are tensor-core dots.  Because the state never leaves the program there is no
+chunk-state tensor in memory and no separate state-passing pass: x, dt, B, C are read once per program
+and y written once, in a single launch.  The price is that C B^T is recomputed by each head of a group
+(and each P block); it is the cheapest of the four dots at BLOCK_T <= BLOCK_N.
+
+``chunk_size`` only sets the chunk granularity of the reference algorithm; it changes rounding, not the
+result, so the kernel uses its own BLOCK_T (a power of two <= chunk_size).  16-bit inputs feed 16-bit
+operands to the dots (the state and the decay-weighted scores are rounded to the input dtype, as in
+mamba_ssm's kernels) with fp32 accumulation; fp32 inputs use exact fp32 dots.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from perfmamba.ops.triton.selective_scan import interpreting, next_pow2, pick_config, softplus
+
+
+@triton.jit
+def _ssd_fused_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, h0_ptr, y_ptr, hT_ptr,
+    L, H, P, HEADS_PER_GROUP, dt_min, dt_max,
+    s_xb, s_xl, s_xh, s_xp,  # x (Bsz, L, H, P)
+    s_tb, s_tl, s_th,  # dt (Bsz, L, H)
+    s_bb, s_bl, s_bg, s_bn,  # B (Bsz, L, G, N)
+    s_cb, s_cl, s_cg, s_cn,  # C (Bsz, L, G, N)
+    s_dh, s_dp,  # D (H,) -> s_dp = 0, or (H, P)
+    s_zb, s_zl, s_zh, s_zp,  # z (Bsz, L, H, P)
+    s_ib, s_ih, s_ip, s_in,  # initial state (Bsz, H, P, N)
+    s_yb, s_yl, s_yh, s_yp,  # y (Bsz, L, H, P)
+    s_fb, s_fh, s_fp, s_fn,  # final state (Bsz, H, P, N)
+    N: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    CLAMP_DT: tl.constexpr, HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    b = pid_bh // H
+    head = pid_bh % H
+    grp = head // HEADS_PER_GROUP
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = offs_p < P
+    offs_n = tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    offs_t = tl.arange(0, BLOCK_T)
+    np_mask = n_mask[:, None] & p_mask[None, :]  # (BLOCK_N, BLOCK_P)
+
+    # exp(x) is computed as exp2(x * log2 e): fold log2 e into A once.
+    A2 = tl.load(A_ptr + head).to(tl.float32) * 1.4426950408889634
+    if HAS_DT_BIAS:
+        dt_bias = tl.load(dtb_ptr + head).to(tl.float32)
+    if HAS_D:
+        d_skip = tl.load(D_ptr + head * s_dh + offs_p * s_dp, mask=p_mask, other=0.0).to(tl.float32)
+
+    # h^T: the running state, N x BLOCK_P, fp32
+    if HAS_INIT:
+        h = tl.load(h0_ptr + b * s_ib + head * s_ih + offs_p[None, :] * s_ip + offs_n[:, None] * s_in,
+                    mask=np_mask, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
+
+    x_base = x_ptr + b * s_xb + head * s_xh + offs_p[None, :] * s_xp  # + t * s_xl
+    y_base = y_ptr + b * s_yb + head * s_yh + offs_p[None, :] * s_yp
+    dt_base = dt_ptr + b * s_tb + head * s_th
+    B_base = B_ptr + b * s_bb + grp * s_bg + offs_n[:, None] * s_bn  # transposed tile (N, T)
+    C_base = C_ptr + b * s_cb + grp * s_cg + offs_n[None, :] * s_cn  # (T, N)
+    if HAS_Z:
+        z_base = z_ptr + b * s_zb + head * s_zh + offs_p[None, :] * s_zp
+    causal = offs_t[:, None] >= offs_t[None, :]  # (T, T): s <= t
+    is_last = offs_t == BLOCK_T - 1
+
+    for c0 in range(0, L, BLOCK_T):
+        t = c0 + offs_t
+        t_mask = t < L
+        dt = tl.load(dt_base + t * s_tl, mask=t_mask, other=0.0).to(tl.float32)  # (T,)
+        if HAS_DT_BIAS:
+            dt = dt + dt_bias
+        if SOFTPLUS:
+            dt = softplus(dt)
+        if CLAMP_DT:
+            dt = tl.minimum(tl.maximum(dt, dt_min), dt_max)
+        # steps past L: dt = 0, so they neither decay nor feed the state
+        dt = tl.where(t_mask, dt, 0.0)
+        acum = tl.cumsum(dt * A2, axis=0)  # (T,) log2 of the decay from the chunk start to t
+        a_end = tl.sum(tl.where(is_last, acum, 0.0), axis=0)  # log2 decay over the whole chunk
+
+        tp_mask = t_mask[:, None] & p_mask[None, :]
+        x = tl.load(x_base + t[:, None] * s_xl, mask=tp_mask, other=0.0)  # (T, BLOCK_P) input dtype
+        Cc = tl.load(C_base + t[:, None] * s_cl, mask=t_mask[:, None] & n_mask[None, :], other=0.0).to(x.dtype)
+        Bt = tl.load(B_base + t[None, :] * s_bl, mask=n_mask[:, None] & t_mask[None, :], other=0.0).to(x.dtype)
+
+        # entering state: (T, N) @ (N, BLOCK_P), scaled by the decay up to each step
+        y = tl.dot(Cc, h.to(x.dtype), input_precision=PRECISION) * tl.exp2(acum)[:, None]
+        # the chunk itself: causal, decay-weighted C B^T times dt_s x_s
+        cb = tl.dot(Cc, Bt, input_precision=PRECISION)  # (T, T) fp32
+        seg = tl.where(causal, acum[:, None] - acum[None, :], -float("inf"))
+        scores = cb * tl.exp2(seg) * dt[None, :]
+        y = tl.dot(scores.to(x.dtype), x, acc=y, input_precision=PRECISION)
+        # leaving state: decay h, add each step's dt B x^T decayed to the chunk end
+        w = tl.exp2(a_end - acum) * dt  # (T,)
+        Bw = (Bt.to(tl.float32) * w[None, :]).to(x.dtype)  # (N, T)
+        h = tl.dot(Bw, x, acc=h * tl.exp2(a_end), input_precision=PRECISION)
+
+        if HAS_D:
+            y += x.to(tl.float32) * d_skip[None, :]
+        if HAS_Z:
+            zt = tl.load(z_base + t[:, None] * s_zl, mask=tp_mask, other=0.0).to(tl.float32)
+            y = y * zt * tl.sigmoid(zt)
+        tl.store(y_base + t[:, None] * s_yl, y.to(y_ptr.dtype.element_ty), mask=tp_mask)
+
+    if STORE_FINAL:
+        tl.store(hT_ptr + b * s_fb + head * s_fh + offs_p[None, :] * s_fp + offs_n[:, None] * s_fn, h,
+                 mask=np_mask)
+
+
+def _ssd_configs(headdim: int, n_state: int, chunk_size: int):
+    """Candidate (BLOCK_T, BLOCK_P, num_warps, num_stages), the default first.
+
+    A short BLOCK_T keeps the quadratic in-chunk work (T^2 (N + P) per chunk) small next to the state
+    products (T N P); the fp32 state tile N x BLOCK_P in registers bounds BLOCK_P.
+    """
+    block_p = max(16, min(64, next_pow2(headdim)))
+    t_max = max(16, next_pow2(chunk_size) if chunk_size & (chunk_size - 1) == 0 else next_pow2(chunk_size) // 2)
+    if interpreting():
+        return [(min(32, t_max), block_p, 1, 1)]
+    cands = [(min(32, t_max), block_p, 4, 2), (min(32, t_max), block_p, 4, 3), (min(64, t_max), block_p, 4, 2)]
+    return list(dict.fromkeys(cands))
+
+
+def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, initial_states=None,
+               return_final_states=False, dt_limit=(0.0, float("inf")), out=None, config=None):
+    """Same arguments, shapes and results as ``ssd_ref``.
+
+    x, z: (Bsz, L, H, P); dt: (Bsz, L, H); A: (H,); B, C: (Bsz, L, G, N); D: (H,) or (H, P);
+    dt_bias: (H,); initial_states: (Bsz, H, P, N).  Returns y (Bsz, L, H, P) in x's dtype and, with
+    return_final_states, the final state (Bsz, H, P, N) in fp32.  ``out`` may receive y (tests pre-fill
+    it with NaN); ``config`` = (BLOCK_T, BLOCK_P, num_warps, num_stages) overrides the choice for tuning.
+    """
+    bsz, seqlen, nheads, headdim = x.shape
+    groups, n_state = B.shape[2], B.shape[3]
+    # the P (x, z) and N (B, C) axes are read as contiguous vectors; other strides pass through
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    B = B if B.stride(-1) == 1 else B.contiguous()
+    C = C if C.stride(-1) == 1 else C.contiguous()
+    if z is not None and z.stride(-1) != 1:
+        z = z.contiguous()
+    A = A.contiguous()
+    dt_bias = dt_bias.contiguous() if dt_bias is not None else None
+    y = out if out is not None else torch.empty_like(x)
+    final = (torch.empty(bsz, nheads, headdim, n_state, device=x.device, dtype=torch.float32)
+             if return_final_states else None)
+    if seqlen == 0:
+        if final is not None:
+            final.copy_(initial_states) if initial_states is not None else final.zero_()
+        return (y, final) if return_final_states else y
+    block_n = max(16, next_pow2(n_state))
+    dt_min, dt_max = float(dt_limit[0]), float(dt_limit[1])
+    clamp = (dt_min, dt_max) != (0.0, math.inf)
+    if D is not None:
+        d_strides = (D.stride(0), 0) if D.dim() == 1 else tuple(D.stride())
+    else:
+        d_strides = (0, 0)
+    zz = z if z is not None else x
+    h0 = initial_states if initial_states is not None else x
+    ff = final if final is not None else x
+
+    def launch(cfg):
+        block_t, block_p, num_warps, num_stages = cfg
+        grid = (bsz * nheads, triton.cdiv(headdim, block_p))
+        _ssd_fused_kernel[grid](
+            x, dt, A, B, C, D if D is not None else x, zz, dt_bias if dt_bias is not None else x, h0, y, ff,
+            seqlen, nheads, headdim, nheads // groups, dt_min, dt_max,
+            *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *d_strides, *zz.stride(),
+            *(initial_states.stride() if initial_states is not None else (0, 0, 0, 0)), *y.stride(),
+            *(final.stride() if final is not None else (0, 0, 0, 0)),
+            N=n_state, HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None,
+            SOFTPLUS=bool(dt_softplus), CLAMP_DT=clamp, HAS_INIT=initial_states is not None,
+            STORE_FINAL=return_final_states,
+            BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n,
+            PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+            num_warps=num_warps, num_stages=num_stages,
+        )
+
+    if config is None:
+        key = ("ssd", block_n, next_pow2(headdim), next_pow2(seqlen), bsz * nheads, x.dtype, z is not None)
+        config = pick_config(key, _ssd_configs(headdim, n_state, int(chunk_size)), launch)
+    launch(config)
+    return (y, final) if return_final_states else y

@@ -1,0 +1,132 @@
+"""One SSM decode step (either family) as a single Triton kernel; the state is updated in place.
+
+Both families are the same computation on a state viewed as (Bsz, heads, P, N):
+
+    h = exp(dt A) h + (dt x) B^T;   y = h C + D x;   y *= SiLU(z)
+
+Mamba-2 has H heads of P channels with one dt and one A per head; Mamba-1 is viewed as G "heads" (its
+B/C groups) of D/G channels, each channel with its own dt and its own row of A.  The launcher only
+builds strides for that view (0 where a quantity is shared), so one kernel serves both.  One program
+handles a block of BLOCK_P channels of one (batch row, head) with all N states: the state tile is read
+once and written once, which is the whole cost of a decode step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from perfmamba.ops.triton.selective_scan import next_pow2, softplus
+
+
+@triton.jit
+def _state_update_kernel(
+    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, y_ptr,
+    H, P, HEADS_PER_GROUP, dt_min, dt_max,
+    s_sb, s_sh, s_sp, s_sn,  # state (Bsz, H, P, N)
+    s_xb, s_xh, s_xp,  # x (Bsz, H, P)
+    s_tb, s_th, s_tp,  # dt (Bsz, H, P); s_tp = 0 when shared by a head
+    s_ah, s_ap, s_an,  # A (H, P, N); zeros where shared
+    s_bb, s_bg, s_bn,  # B (Bsz, G, N)
+    s_cb, s_cg, s_cn,  # C (Bsz, G, N)
+    s_dh, s_dp,  # D (H, P)
+    s_zb, s_zh, s_zp,  # z (Bsz, H, P)
+    s_eh, s_ep,  # dt_bias (H, P)
+    s_yb, s_yh, s_yp,  # y (Bsz, H, P)
+    N: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    CLAMP_DT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    b = pid_bh // H
+    head = pid_bh % H
+    grp = head // HEADS_PER_GROUP
+    offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = offs_p < P
+    offs_n = tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    pn_mask = p_mask[:, None] & n_mask[None, :]  # (BLOCK_P, BLOCK_N)
+
+    s_tile = state_ptr + b * s_sb + head * s_sh + offs_p[:, None] * s_sp + offs_n[None, :] * s_sn
+    h = tl.load(s_tile, mask=pn_mask, other=0.0).to(tl.float32)  # (BLOCK_P, BLOCK_N)
+    x = tl.load(x_ptr + b * s_xb + head * s_xh + offs_p * s_xp, mask=p_mask, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + b * s_tb + head * s_th + offs_p * s_tp, mask=p_mask, other=0.0).to(tl.float32)
+    if HAS_DT_BIAS:
+        dt += tl.load(dtb_ptr + head * s_eh + offs_p * s_ep, mask=p_mask, other=0.0).to(tl.float32)
+    if SOFTPLUS:
+        dt = softplus(dt)
+    if CLAMP_DT:
+        dt = tl.minimum(tl.maximum(dt, dt_min), dt_max)
+    A = tl.load(A_ptr + head * s_ah + offs_p[:, None] * s_ap + offs_n[None, :] * s_an, mask=pn_mask,
+                other=0.0).to(tl.float32)
+    Bv = tl.load(B_ptr + b * s_bb + grp * s_bg + offs_n * s_bn, mask=n_mask, other=0.0).to(tl.float32)
+    Cv = tl.load(C_ptr + b * s_cb + grp * s_cg + offs_n * s_cn, mask=n_mask, other=0.0).to(tl.float32)
+
+    h = tl.exp(dt[:, None] * A) * h + (dt * x)[:, None] * Bv[None, :]
+    tl.store(s_tile, h.to(state_ptr.dtype.element_ty), mask=pn_mask)
+    y = tl.sum(h * Cv[None, :], axis=1)  # (BLOCK_P,)
+    if HAS_D:
+        y += x * tl.load(D_ptr + head * s_dh + offs_p * s_dp, mask=p_mask, other=0.0).to(tl.float32)
+    if HAS_Z:
+        zv = tl.load(z_ptr + b * s_zb + head * s_zh + offs_p * s_zp, mask=p_mask, other=0.0).to(tl.float32)
+        y = y * zv * tl.sigmoid(zv)
+    tl.store(y_ptr + b * s_yb + head * s_yh + offs_p * s_yp, y.to(y_ptr.dtype.element_ty), mask=p_mask)
+
+
+def _split(t: torch.Tensor, dim: int, per: int):
+    """Strides of ``t`` with axis ``dim`` (of length heads*per) seen as two axes (heads, per)."""
+    st = list(t.stride())
+    return st[:dim] + [st[dim] * per, st[dim]] + st[dim + 1:]
+
+
+def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+                                  dt_limit=(0.0, float("inf")), out=None):
+    """Same arguments, shapes and results as ``selective_state_update_ref``; ``state`` is updated in place.
+
+    Mamba-1: state (Bsz, D, N); x, dt, z (Bsz, D); A (D, N); B, C (Bsz, N) or (Bsz, G, N); D, dt_bias (D,).
+    Mamba-2: state (Bsz, H, P, N); x, z (Bsz, H, P); dt (Bsz, H); A, D, dt_bias (H,) (D also (H, P));
+    B, C (Bsz, G, N).
+    """
+    y = out if out is not None else torch.empty_like(x)
+    if state.dim() == 3:  # Mamba-1: G heads of D/G channels
+        bsz, dim, n_state = state.shape
+        Bg = B if B.dim() == 3 else B.unsqueeze(1)  # (Bsz, G, N)
+        Cg = C if C.dim() == 3 else C.unsqueeze(1)
+        heads = Bg.shape[1]
+        per = dim // heads
+        st_s = _split(state, 1, per)
+        x_s, t_s, y_s = _split(x, 1, per), _split(dt, 1, per), _split(y, 1, per)
+        a_s = _split(A, 0, per)
+        z_s = _split(z, 1, per) if z is not None else (0, 0, 0)
+        d_s = _split(D, 0, per) if D is not None else (0, 0)
+        e_s = _split(dt_bias, 0, per) if dt_bias is not None else (0, 0)
+        clamp = False  # the Mamba-1 reference step takes no dt_limit
+    else:  # Mamba-2
+        bsz, heads, per, n_state = state.shape
+        Bg, Cg = B, C
+        st_s = list(state.stride())
+        x_s, y_s = list(x.stride()), list(y.stride())
+        t_s = [dt.stride(0), dt.stride(1), 0]
+        a_s = [A.stride(0), 0, 0]
+        z_s = list(z.stride()) if z is not None else (0, 0, 0)
+        d_s = ((D.stride(0), 0) if D.dim() == 1 else tuple(D.stride())) if D is not None else (0, 0)
+        e_s = (dt_bias.stride(0), 0) if dt_bias is not None else (0, 0)
+        clamp = (float(dt_limit[0]), float(dt_limit[1])) != (0.0, math.inf)
+    groups = Bg.shape[1]
+    block_n = max(2, next_pow2(n_state))
+    # ~2K state elements per program: enough bytes in flight per SM, enough programs for small batches
+    block_p = max(1, min(next_pow2(per), max(4, 2048 // block_n)))
+    grid = (bsz * heads, triton.cdiv(per, block_p))
+    _state_update_kernel[grid](
+        state, x, dt, A, Bg, Cg, D if D is not None else x, z if z is not None else x,
+        dt_bias if dt_bias is not None else x, y,
+        heads, per, heads // groups, float(dt_limit[0]), float(dt_limit[1]),
+        *st_s, *x_s, *t_s, *a_s, *Bg.stride(), *Cg.stride(), *d_s, *z_s, *e_s, *y_s,
+        N=n_state, HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None,
+        SOFTPLUS=bool(dt_softplus), CLAMP_DT=clamp, BLOCK_P=block_p, BLOCK_N=block_n,
+        num_warps=4,
+    )
+    return y

@@ -1,0 +1,319 @@
+"""The Triton kernels against their plain-torch reference twins.
+
+Without CUDA (CI) the kernels run through the Triton interpreter on small CPU shapes.  ``@triton.jit``
+picks compiled or interpreted kernels when a module is imported (triton's own library included), so this
+module sets TRITON_INTERPRET=1 before it imports triton and (re)imports PerfMamba's kernel modules under
+it; it then restores the variable and sets it again only while its own tests run (a module-scoped
+fixture), so other test modules see the environment they expect.  With CUDA the interpreted classes
+skip and the GPU class runs the compiled kernels on bigger shapes.  Every call goes through
+``perfmamba.ops`` with backend="triton", except where a NaN-filled ``out=`` buffer is handed to a launcher
+directly to prove that every output element is written.
+"""
+
+import importlib
+import os
+import sys
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+_ENV_BEFORE = os.environ.get("TRITON_INTERPRET")
+_TRITON_ALREADY_IMPORTED = "triton" in sys.modules
+_KERNEL_MODULES = ("selective_scan", "ssd", "conv1d", "state_update")
+
+
+def _restore_env():
+    if _ENV_BEFORE is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = _ENV_BEFORE
+
+
+def _load_kernels():
+    """(Re)import perfmamba.ops.triton so that its kernels are built in the current TRITON_INTERPRET mode."""
+    for name in _KERNEL_MODULES:  # selective_scan first: the others import its helpers
+        importlib.reload(importlib.import_module(f"perfmamba.ops.triton.{name}"))
+    importlib.reload(importlib.import_module("perfmamba.ops.triton"))
+
+
+if not CUDA:
+    os.environ["TRITON_INTERPRET"] = "1"
+try:
+    pytest.importorskip("triton")
+    from perfmamba import ops
+    if not CUDA:
+        _load_kernels()
+        ops._triton_module.cache_clear()
+finally:
+    _restore_env()
+
+from perfmamba.ops.conv_ref import causal_conv1d_ref, causal_conv1d_update_ref  # noqa: E402
+from perfmamba.ops.scan_ref import selective_scan_ref, selective_state_update_ref, ssd_loop_ref  # noqa: E402
+
+# If triton was imported earlier in this session without the interpreter, its library functions are
+# compiled ones and cannot run on the CPU: say so instead of failing obscurely.
+_INTERPRETER_OK = not _TRITON_ALREADY_IMPORTED or _ENV_BEFORE == "1"
+interpreted = pytest.mark.skipif(
+    CUDA or not _INTERPRETER_OK,
+    reason="CUDA present (TestKernelsOnGPU covers the kernels)" if CUDA else
+    "triton was imported before this module could set TRITON_INTERPRET=1; run with TRITON_INTERPRET=1")
+INF = float("inf")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _interpreter_env():
+    if CUDA:
+        yield
+        return
+    os.environ["TRITON_INTERPRET"] = "1"  # read at call time by perfmamba.ops and the launchers
+    try:
+        yield
+    finally:
+        _restore_env()
+
+
+def rel_err(out, ref):
+    assert out.shape == ref.shape
+    assert not torch.isnan(out).any(), "NaN in output (an element was not written?)"
+    return ((out.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30)).item()
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def scan_case(bsz, dim, seqlen, n, groups, has_d, has_z, has_bias, device="cpu", dtype=torch.float32, seed=0):
+    g = _gen(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    bc_shape = (bsz, groups, n, seqlen) if groups > 1 else (bsz, n, seqlen)
+    t = dict(u=r(bsz, dim, seqlen), delta=r(bsz, dim, seqlen) * 0.5, A=-torch.exp(r(dim, n) * 0.5),
+             B=r(*bc_shape), C=r(*bc_shape), D=r(dim) if has_d else None, z=r(bsz, dim, seqlen) if has_z else None,
+             delta_bias=r(dim) * 0.1 if has_bias else None)
+    out = {}
+    for k, v in t.items():
+        if v is None:
+            out[k] = None
+        elif k in ("A", "D", "delta_bias"):
+            out[k] = v.to(device)  # parameters stay fp32
+        else:
+            out[k] = v.to(device=device, dtype=dtype)
+    return out
+
+
+def ssd_case(bsz, seqlen, nheads, headdim, groups, n, d_shape, has_z, has_init, device="cpu",
+             dtype=torch.float32, seed=0):
+    g = _gen(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    D = {"h": r(nheads), "hp": r(nheads, headdim), None: None}[d_shape]
+    t = dict(x=r(bsz, seqlen, nheads, headdim), dt=r(bsz, seqlen, nheads) * 0.5 - 1.0,
+             A=-torch.exp(r(nheads) * 0.5), B=r(bsz, seqlen, groups, n), C=r(bsz, seqlen, groups, n),
+             D=D, z=r(bsz, seqlen, nheads, headdim) if has_z else None, dt_bias=r(nheads) * 0.1,
+             initial_states=r(bsz, nheads, headdim, n) if has_init else None)
+    out = {}
+    for k, v in t.items():
+        if v is None:
+            out[k] = None
+        elif k in ("A", "D", "dt_bias", "initial_states"):
+            out[k] = v.to(device)
+        else:
+            out[k] = v.to(device=device, dtype=dtype)
+    return out
+
+
+def check_scan(c, tol, out=None):
+    args = (c["u"], c["delta"], c["A"], c["B"], c["C"])
+    kw = dict(D=c["D"], z=c["z"], delta_bias=c["delta_bias"], delta_softplus=True, return_last_state=True)
+    if out is None:
+        y, h = ops.selective_scan(*args, **kw, backend="triton")
+    else:
+        from perfmamba.ops.triton import selective_scan_triton
+        y, h = selective_scan_triton(*args, **kw, out=out)
+    f32 = {k: (v.float() if v is not None else None) for k, v in c.items()}
+    yr, hr = selective_scan_ref(f32["u"], f32["delta"], f32["A"], f32["B"], f32["C"], **kw)
+    assert y.dtype == c["u"].dtype and h.dtype == torch.float32
+    assert rel_err(y, yr) < tol
+    assert rel_err(h, hr) < tol
+
+
+def check_ssd(c, chunk, tol, out=None, dt_limit=(0.0, INF)):
+    args = (c["x"], c["dt"], c["A"], c["B"], c["C"])
+    kw = dict(D=c["D"], z=c["z"], dt_bias=c["dt_bias"], dt_softplus=True, initial_states=c["initial_states"],
+              return_final_states=True, dt_limit=dt_limit)
+    if out is None:
+        y, h = ops.ssd(*args, chunk, **kw, backend="triton")
+    else:
+        from perfmamba.ops.triton import ssd_triton
+        y, h = ssd_triton(*args, chunk, **kw, out=out)
+    f32 = {k: (v.float() if v is not None else None) for k, v in c.items()}
+    yr, hr = ssd_loop_ref(f32["x"], f32["dt"], f32["A"], f32["B"], f32["C"], **kw)
+    assert y.dtype == c["x"].dtype and h.dtype == torch.float32
+    assert rel_err(y, yr) < tol
+    assert rel_err(h, hr) < tol
+
+
+# ------------------------------------------------------------------------------------------ interpreter
+@interpreted
+class TestSelectiveScanInterpreted:
+    @pytest.mark.parametrize("n", [1, 7, 13, 16])
+    @pytest.mark.parametrize("seqlen", [1, 7, 63, 65])
+    def test_state_sizes_and_lengths(self, n, seqlen):
+        # odd L and N with everything optional present; batch 1, one group (the interpreter is slow)
+        check_scan(scan_case(1, 4, seqlen, n, 1, True, True, True, seed=n * 100 + seqlen), 1e-5)
+
+    @pytest.mark.parametrize("has_d,has_z,has_bias", [(False, False, False), (True, False, True), (False, True, False)])
+    def test_batch_groups_and_options(self, has_d, has_z, has_bias):
+        check_scan(scan_case(3, 4, 9, 7, 2, has_d, has_z, has_bias, seed=7), 1e-5)
+
+    def test_every_output_written(self):
+        c = scan_case(2, 6, 11, 13, 1, True, True, True, seed=3)
+        check_scan(c, 1e-5, out=torch.full_like(c["u"], float("nan")))
+
+    def test_tiled_scan_path(self):
+        # BLOCK_L > 1 runs the in-tile associative scan (the GPU path; slow in the interpreter, so tiny)
+        from perfmamba.ops.triton import selective_scan_triton
+        c = scan_case(1, 2, 11, 5, 1, True, True, True, seed=5)
+        kw = dict(D=c["D"], z=c["z"], delta_bias=c["delta_bias"], delta_softplus=True, return_last_state=True)
+        args = (c["u"], c["delta"], c["A"], c["B"], c["C"])
+        y, h = selective_scan_triton(*args, **kw, config=(4, 2, 2, 1, 1), out=torch.full_like(c["u"], float("nan")))
+        yr, hr = selective_scan_ref(*args, **kw)
+        assert rel_err(y, yr) < 1e-5 and rel_err(h, hr) < 1e-5
+
+    def test_no_last_state(self):
+        c = scan_case(1, 4, 5, 3, 1, False, False, False, seed=11)
+        y = ops.selective_scan(c["u"], c["delta"], c["A"], c["B"], c["C"], backend="triton")
+        yr = selective_scan_ref(c["u"], c["delta"], c["A"], c["B"], c["C"])
+        assert rel_err(y, yr) < 1e-5
+
+
+@interpreted
+class TestSSDInterpreted:
+    @pytest.mark.parametrize("n", [1, 7, 13, 16])
+    @pytest.mark.parametrize("seqlen", [1, 7, 63, 65])
+    def test_state_sizes_and_lengths(self, n, seqlen):
+        c = ssd_case(1, seqlen, 2, 16, 1, n, "h", True, True, seed=n * 100 + seqlen)
+        check_ssd(c, 16, 1e-5)
+
+    @pytest.mark.parametrize("d_shape,has_z,has_init", [(None, False, False), ("hp", False, True), ("h", True, False)])
+    def test_batch_groups_and_options(self, d_shape, has_z, has_init):
+        check_ssd(ssd_case(3, 40, 4, 16, 2, 13, d_shape, has_z, has_init, seed=9), 32, 1e-5)
+
+    def test_headdim_not_power_of_two_and_dt_limit(self):
+        c = ssd_case(2, 37, 2, 24, 2, 16, "h", True, True, seed=13)
+        check_ssd(c, 16, 1e-5, out=torch.full_like(c["x"], float("nan")), dt_limit=(0.05, 0.8))
+
+    def test_every_output_written(self):
+        c = ssd_case(1, 70, 2, 32, 1, 7, "h", False, True, seed=17)
+        check_ssd(c, 64, 1e-5, out=torch.full_like(c["x"], float("nan")))
+
+
+@interpreted
+class TestConvInterpreted:
+    @pytest.mark.parametrize("seqlen", [1, 2, 7, 65])
+    @pytest.mark.parametrize("has_bias,activation,has_init", [(True, "silu", True), (False, None, False)])
+    def test_conv(self, seqlen, has_bias, activation, has_init):
+        g = _gen(seqlen)
+        x = torch.randn(3, 5, seqlen, generator=g)
+        w = torch.randn(5, 4, generator=g)
+        b = torch.randn(5, generator=g) if has_bias else None
+        init = torch.randn(3, 5, 4, generator=g) if has_init else None
+        y, st = ops.causal_conv1d(x, w, b, activation, True, init, backend="triton")
+        yr, sr = causal_conv1d_ref(x, w, b, activation, True, init)
+        assert rel_err(y, yr) < 1e-5 and rel_err(st, sr) < 1e-5
+
+    def test_conv_every_output_written(self):
+        from perfmamba.ops.triton import causal_conv1d_triton
+        x = torch.randn(2, 6, 33)
+        w = torch.randn(6, 3)
+        y = causal_conv1d_triton(x, w, None, "silu", out=torch.full_like(x, float("nan")))
+        assert rel_err(y, causal_conv1d_ref(x, w, None, "silu")) < 1e-5
+
+    @pytest.mark.parametrize("has_bias,activation", [(True, "silu"), (False, None)])
+    def test_update(self, has_bias, activation):
+        x = torch.randn(3, 6)
+        state = torch.randn(3, 6, 4)
+        state_ref = state.clone()
+        w = torch.randn(6, 4)
+        b = torch.randn(6) if has_bias else None
+        y = ops.causal_conv1d_update(x, state, w, b, activation, backend="triton")
+        yr = causal_conv1d_update_ref(x, state_ref, w, b, activation)
+        assert rel_err(y, yr) < 1e-5
+        assert torch.equal(state, state_ref)
+
+
+@interpreted
+class TestStateUpdateInterpreted:
+    @pytest.mark.parametrize("n", [1, 7, 13, 16])
+    @pytest.mark.parametrize("groups", [0, 2])  # 0: B, C as (Bsz, N)
+    def test_mamba1(self, n, groups):
+        g = _gen(n + groups)
+        bsz, dim = 3, 8
+        state = torch.randn(bsz, dim, n, generator=g)
+        state_ref = state.clone()
+        x, dt, z = (torch.randn(bsz, dim, generator=g) for _ in range(3))
+        A = -torch.rand(dim, n, generator=g)
+        bc = (bsz, groups, n) if groups else (bsz, n)
+        B, C = torch.randn(*bc, generator=g), torch.randn(*bc, generator=g)
+        D, bias = torch.randn(dim, generator=g), torch.randn(dim, generator=g)
+        y = ops.selective_state_update(state, x, dt, A, B, C, D, z, bias, True, backend="triton")
+        yr = selective_state_update_ref(state_ref, x, dt, A, B, C, D, z, bias, True)
+        assert rel_err(y, yr) < 1e-5 and rel_err(state, state_ref) < 1e-5
+
+    @pytest.mark.parametrize("n", [1, 7, 13, 16])
+    @pytest.mark.parametrize("d_shape,has_z,groups,dt_limit", [("h", True, 2, (0.0, INF)), ("hp", False, 1, (0.1, 0.6)),
+                                                              (None, False, 4, (0.0, INF))])
+    def test_mamba2(self, n, d_shape, has_z, groups, dt_limit):
+        g = _gen(n)
+        bsz, nheads, headdim = 3, 4, 6
+        state = torch.randn(bsz, nheads, headdim, n, generator=g)
+        state_ref = state.clone()
+        x = torch.randn(bsz, nheads, headdim, generator=g)
+        z = torch.randn(bsz, nheads, headdim, generator=g) if has_z else None
+        dt = torch.randn(bsz, nheads, generator=g)
+        A = -torch.rand(nheads, generator=g)
+        B, C = torch.randn(bsz, groups, n, generator=g), torch.randn(bsz, groups, n, generator=g)
+        D = {"h": torch.randn(nheads, generator=g), "hp": torch.randn(nheads, headdim, generator=g), None: None}[d_shape]
+        bias = torch.randn(nheads, generator=g)
+        y = ops.selective_state_update(state, x, dt, A, B, C, D, z, bias, True, dt_limit, backend="triton")
+        yr = selective_state_update_ref(state_ref, x, dt, A, B, C, D, z, bias, True, dt_limit)
+        assert rel_err(y, yr) < 1e-5 and rel_err(state, state_ref) < 1e-5
+
+
+# ------------------------------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+class TestKernelsOnGPU:
+    """Compiled kernels on bigger shapes (bf16 within 1e-2 of the fp32 reference, fp32 within 1e-5)."""
+
+    @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+    @pytest.mark.parametrize("n,seqlen,groups", [(16, 257, 1), (64, 4096, 1), (97, 257, 2), (128, 257, 1),
+                                                 (7, 4096, 2), (1, 65, 1)])
+    def test_selective_scan(self, dtype, tol, n, seqlen, groups):
+        c = scan_case(2, 128, seqlen, n, groups, True, True, True, device="cuda", dtype=dtype, seed=n)
+        check_scan(c, tol, out=torch.full_like(c["u"], float("nan")))
+
+    @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+    @pytest.mark.parametrize("n,seqlen,groups,headdim", [(64, 257, 1, 64), (97, 4096, 2, 32), (128, 257, 2, 128),
+                                                         (128, 4096, 1, 64), (13, 257, 1, 16)])
+    def test_ssd(self, dtype, tol, n, seqlen, groups, headdim):
+        c = ssd_case(2, seqlen, 4, headdim, groups, n, "h", True, True, device="cuda", dtype=dtype, seed=n)
+        check_ssd(c, 256, tol, out=torch.full_like(c["x"], float("nan")))
+
+    def test_conv_and_updates(self):
+        x = torch.randn(2, 96, 257, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(96, 4, device="cuda")
+        b = torch.randn(96, device="cuda")
+        init = torch.randn(2, 96, 4, device="cuda", dtype=torch.bfloat16)
+        y, st = ops.causal_conv1d(x, w, b, "silu", True, init, backend="triton")
+        yr, sr = causal_conv1d_ref(x, w, b, "silu", True, init)
+        assert rel_err(y, yr) < 1e-2 and torch.equal(st, sr)
+        state = torch.randn(4, 24, 64, 128, device="cuda")
+        state_ref = state.clone()
+        xs = torch.randn(4, 24, 64, device="cuda")
+        dt = torch.randn(4, 24, device="cuda")
+        A = -torch.rand(24, device="cuda")
+        B, C = torch.randn(4, 2, 128, device="cuda"), torch.randn(4, 2, 128, device="cuda")
+        D = torch.randn(24, device="cuda")
+        y1 = ops.selective_state_update(state, xs, dt, A, B, C, D, xs, None, True, backend="triton")
+        y2 = selective_state_update_ref(state_ref, xs, dt, A, B, C, D, xs, None, True)
+        assert rel_err(y1, y2) < 1e-5 and rel_err(state, state_ref) < 1e-5
