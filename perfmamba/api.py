@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from perfmamba.config import get_preset, preset_names
+from perfmamba.demo_models import DEMO_MODELS, demo_model_dir
 from perfmamba.errors import PerfMambaError
 from perfmamba.models.checkpoint import build_model, load_checkpoint_dir
 from perfmamba.models.lm import MambaLM
@@ -51,11 +52,14 @@ def _download(repo_id: str) -> str:
 
 
 def load_model(name_or_path: str, *, device=None, dtype=None, backend: str = "auto") -> MambaLM:
-    """A Mamba-1 or Mamba-2 LM from a preset name (random weights, seed ``PRESET_SEED``), a local checkpoint
+    """A Mamba-1 or Mamba-2 LM from a shipped demo model (``demo-mamba1``, ``demo-mamba2``), a preset name
+    (random weights, seed ``PRESET_SEED``), a local checkpoint
     directory (Hugging Face or mamba_ssm layout), or a hub id such as ``state-spaces/mamba-130m-hf``."""
     dtype = _resolve_dtype(dtype)
     dev = resolve_device(device)
-    if name_or_path in preset_names():
+    if name_or_path in DEMO_MODELS:  # shipped trained demo models (perfmamba/demo_models/<name>)
+        model = load_checkpoint_dir(demo_model_dir(name_or_path), backend=backend, device=dev, dtype=dtype)
+    elif name_or_path in preset_names():
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(PRESET_SEED)
             model = build_model(get_preset(name_or_path), backend=backend, dtype=dtype)
