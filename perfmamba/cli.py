@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: the checkpoint's)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=cmd_info)
+
+    from perfmamba.eval.cli import register as register_eval_train
+    register_eval_train(sub)  # eval, train
+    from perfmamba.profiling.cli_commands import register as register_profiling
+    register_profiling(sub)  # profile, compare
+    from perfmamba.pruning.cli_commands import register as register_pruning
+    register_pruning(sub)  # prune, prune-sweep
     return parser
 
 

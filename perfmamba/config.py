@@ -125,61 +125,16 @@ class Mamba1Config(_BaseConfig):
         return self.d_state if self.d_state_per_layer is None else int(self.d_state_per_layer[layer_idx])
 
     # ---- Hugging Face transformers (MambaConfig) ----
+    _HF_FIELDS = (("dt_rank", "time_step_rank"), ("dt_scale", "time_step_scale"))
+    _HF_DEFAULTS = {"hidden_size": 768, "num_hidden_layers": 32, "vocab_size": 50280, "state_size": 16,
+                    "tie_word_embeddings": True, "pad_token_id": 0, "bos_token_id": 0, "eos_token_id": 0}
+
     def to_hf_dict(self) -> dict:
-        d = {
-            "model_type": "mamba",
-            "architectures": ["MambaForCausalLM"],
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.d_model,
-            "intermediate_size": self.d_inner,
-            "state_size": self.d_state,
-            "num_hidden_layers": self.n_layer,
-            "layer_norm_epsilon": self.norm_eps,
-            "expand": self.expand,
-            "conv_kernel": self.d_conv,
-            "use_bias": self.bias,
-            "use_conv_bias": self.conv_bias,
-            "hidden_act": "silu",
-            "residual_in_fp32": self.residual_in_fp32,
-            "time_step_rank": self.dt_rank,
-            "time_step_min": self.dt_min,
-            "time_step_max": self.dt_max,
-            "time_step_floor": self.dt_init_floor,
-            "time_step_scale": self.dt_scale,
-            "tie_word_embeddings": self.tie_embeddings,
-            "pad_token_id": self.pad_token_id,
-            "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
-        }
-        if self.d_state_per_layer is not None:
-            d["perfmamba_d_state_per_layer"] = list(self.d_state_per_layer)
-        return d
+        return _to_hf(self, "mamba", "MambaForCausalLM", intermediate_size=self.d_inner)
 
     @classmethod
     def from_hf_dict(cls, d: dict) -> "Mamba1Config":
-        _expect_model_type(d, "mamba")
-        cfg = cls(
-            d_model=d.get("hidden_size", 768),
-            n_layer=d.get("num_hidden_layers", 32),
-            vocab_size=d.get("vocab_size", 50280),
-            d_state=d.get("state_size", 16),
-            d_conv=d.get("conv_kernel", 4),
-            expand=d.get("expand", 2),
-            dt_rank=d.get("time_step_rank", "auto"),
-            conv_bias=d.get("use_conv_bias", True),
-            bias=d.get("use_bias", False),
-            norm_eps=d.get("layer_norm_epsilon", 1e-5),
-            residual_in_fp32=d.get("residual_in_fp32", True),
-            tie_embeddings=d.get("tie_word_embeddings", True),
-            dt_min=d.get("time_step_min", 0.001),
-            dt_max=d.get("time_step_max", 0.1),
-            dt_init_floor=d.get("time_step_floor", 1e-4),
-            dt_scale=d.get("time_step_scale", 1.0),
-            pad_token_id=d.get("pad_token_id", 0),
-            bos_token_id=d.get("bos_token_id", 0),
-            eos_token_id=d.get("eos_token_id", 0),
-            d_state_per_layer=d.get("perfmamba_d_state_per_layer"),
-        )
+        cfg = _from_hf(cls, d, "mamba")
         if "intermediate_size" in d and d["intermediate_size"] != cfg.d_inner:
             raise PerfMambaError(
                 f"config.json intermediate_size {d['intermediate_size']} != expand*hidden_size {cfg.d_inner}; "
@@ -260,68 +215,23 @@ class Mamba2Config(_BaseConfig):
     def layer_d_state(self, layer_idx: int) -> int:
         return self.d_state if self.d_state_per_layer is None else int(self.d_state_per_layer[layer_idx])
 
+    # ---- Hugging Face transformers (Mamba2Config) ----
+    _HF_FIELDS = (("headdim", "head_dim"), ("ngroups", "n_groups"), ("chunk_size", "chunk_size"),
+                  ("dt_limit", "time_step_limit"))
+    _HF_DEFAULTS = {"hidden_size": 4096, "num_hidden_layers": 64, "vocab_size": 32768, "state_size": 128,
+                    "n_groups": 8, "tie_word_embeddings": False, "pad_token_id": 1, "bos_token_id": 0,
+                    "eos_token_id": 2}
+
     def to_hf_dict(self) -> dict:
-        d = {
-            "model_type": "mamba2",
-            "architectures": ["Mamba2ForCausalLM"],
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.d_model,
-            "state_size": self.d_state,
-            "num_hidden_layers": self.n_layer,
-            "layer_norm_epsilon": self.norm_eps,
-            "expand": self.expand,
-            "conv_kernel": self.d_conv,
-            "num_heads": self.nheads,
-            "head_dim": self.headdim,
-            "n_groups": self.ngroups,
-            "chunk_size": self.chunk_size,
-            "use_bias": self.bias,
-            "use_conv_bias": self.conv_bias,
-            "hidden_act": "silu",
-            "residual_in_fp32": self.residual_in_fp32,
-            "rms_norm": True,
-            "time_step_min": self.dt_min,
-            "time_step_max": self.dt_max,
-            "time_step_floor": self.dt_init_floor,
-            "time_step_limit": list(self.dt_limit),
-            "tie_word_embeddings": self.tie_embeddings,
-            "pad_token_id": self.pad_token_id,
-            "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
-        }
-        if self.d_state_per_layer is not None:
-            d["perfmamba_d_state_per_layer"] = list(self.d_state_per_layer)
+        d = _to_hf(self, "mamba2", "Mamba2ForCausalLM", num_heads=self.nheads, rms_norm=True)
+        d["time_step_limit"] = list(self.dt_limit)
         return d
 
     @classmethod
     def from_hf_dict(cls, d: dict) -> "Mamba2Config":
-        _expect_model_type(d, "mamba2")
         if d.get("rms_norm", True) is False:
             raise PerfMambaError("Mamba2 config.json has rms_norm=false, which perfmamba does not support")
-        cfg = cls(
-            d_model=d.get("hidden_size", 4096),
-            n_layer=d.get("num_hidden_layers", 64),
-            vocab_size=d.get("vocab_size", 32768),
-            d_state=d.get("state_size", 128),
-            d_conv=d.get("conv_kernel", 4),
-            expand=d.get("expand", 2),
-            headdim=d.get("head_dim", 64),
-            ngroups=d.get("n_groups", 8),
-            chunk_size=d.get("chunk_size", 256),
-            conv_bias=d.get("use_conv_bias", True),
-            bias=d.get("use_bias", False),
-            norm_eps=d.get("layer_norm_epsilon", 1e-5),
-            residual_in_fp32=d.get("residual_in_fp32", True),
-            tie_embeddings=d.get("tie_word_embeddings", False),
-            dt_min=d.get("time_step_min", 0.001),
-            dt_max=d.get("time_step_max", 0.1),
-            dt_init_floor=d.get("time_step_floor", 1e-4),
-            dt_limit=tuple(d.get("time_step_limit", (0.0, float("inf")))),
-            pad_token_id=d.get("pad_token_id", 1),
-            bos_token_id=d.get("bos_token_id", 0),
-            eos_token_id=d.get("eos_token_id", 2),
-            d_state_per_layer=d.get("perfmamba_d_state_per_layer"),
-        )
+        cfg = _from_hf(cls, d, "mamba2")
         if "num_heads" in d and d["num_heads"] != cfg.nheads:
             raise PerfMambaError(
                 f"config.json num_heads {d['num_heads']} != expand*hidden_size/head_dim = {cfg.nheads}; "
@@ -359,6 +269,37 @@ class Mamba2Config(_BaseConfig):
 
 
 AnyConfig = Union[Mamba1Config, Mamba2Config]
+
+
+# Fields both families share with transformers' configs: (our name, Hugging Face name).
+_HF_COMMON_FIELDS = (
+    ("vocab_size", "vocab_size"), ("d_model", "hidden_size"), ("d_state", "state_size"),
+    ("n_layer", "num_hidden_layers"), ("norm_eps", "layer_norm_epsilon"), ("expand", "expand"),
+    ("d_conv", "conv_kernel"), ("bias", "use_bias"), ("conv_bias", "use_conv_bias"),
+    ("residual_in_fp32", "residual_in_fp32"), ("dt_min", "time_step_min"), ("dt_max", "time_step_max"),
+    ("dt_init_floor", "time_step_floor"), ("tie_embeddings", "tie_word_embeddings"),
+    ("pad_token_id", "pad_token_id"), ("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
+    ("d_state_per_layer", "perfmamba_d_state_per_layer"),
+)
+
+
+def _to_hf(cfg, model_type: str, architecture: str, **derived) -> dict:
+    d = {"model_type": model_type, "architectures": [architecture], "hidden_act": "silu", **derived}
+    for ours, hf in _HF_COMMON_FIELDS + cfg._HF_FIELDS:
+        d[hf] = getattr(cfg, ours)
+    if cfg.d_state_per_layer is None:
+        del d["perfmamba_d_state_per_layer"]
+    return d
+
+
+def _from_hf(cls, d: dict, model_type: str):
+    """Keys missing from the file take transformers' class defaults (which differ from our presets')."""
+    _expect_model_type(d, model_type)
+    kwargs = {}
+    for ours, hf in _HF_COMMON_FIELDS + cls._HF_FIELDS:
+        if hf in d or hf in cls._HF_DEFAULTS:
+            kwargs[ours] = d.get(hf, cls._HF_DEFAULTS.get(hf))
+    return cls(**kwargs)
 
 
 def _json_float(v) -> float:

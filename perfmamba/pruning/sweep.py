@@ -1,0 +1,255 @@
+"""Accuracy against speed in one run: every scoring method at every pruning ratio, measured before and after.
+
+For each (method, ratio): bits per byte on held-out text.  For each distinct set of kept sizes (with the
+uniform budget: one per ratio, whatever the method): prefill tokens/s and peak memory at several lengths,
+decode tokens/s (through the CUDA graph on a GPU) and state-cache bytes.  Records are plain numbers;
+``render.py`` turns them into tables and plots.  A measurement that runs out of memory is recorded as
+``"oom"`` and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from perfmamba.pruning import budget as budgets
+from perfmamba.pruning.bridge import refit_bridge
+from perfmamba.pruning.calibration import collect
+from perfmamba.pruning.scores import compute_scores, stats_needed
+from perfmamba.pruning.surgery import prune_model
+
+DEFAULT_RATIOS = (0.0, 0.125, 0.25, 0.5, 0.75)
+DEFAULT_LENGTHS = (1024, 4096, 16384)
+
+
+@dataclass
+class SpeedSettings:
+    lengths: tuple = DEFAULT_LENGTHS
+    decode_batches: tuple = (1, 64)
+    dtype: Optional[torch.dtype] = None  # None: bfloat16 on a GPU, float32 on a CPU
+    cuda_graph: bool = True
+    warmup: int = 2
+    repeats: int = 5
+    prompt: int = 16
+
+
+@dataclass
+class EvalSettings:
+    tokenizer: object
+    text: str
+    context: int = 1024
+    stride: int = 512
+    batch_size: int = 8
+    describe: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------- accuracy
+def bits_per_byte(model, ev: EvalSettings) -> float:
+    from perfmamba.eval.perplexity import evaluate_text
+    return evaluate_text(model, ev.tokenizer, ev.text, context=ev.context, stride=ev.stride,
+                         batch_size=ev.batch_size).bits_per_byte
+
+
+# ---------------------------------------------------------------------------------------------- speed
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def _free(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+def _parameter_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+@torch.inference_mode()
+def measure_prefill(model, length: int, s: SpeedSettings, batch: int = 1) -> dict:
+    """tokens/s of model(ids) for ids (batch, length) (CUDA-graph replay on a GPU), and the peak memory of one
+    eager forward (CUDA only): ``peak_bytes`` = the model's parameter bytes + the most memory allocated on top
+    of what was allocated before the forward (so other tensors on the device do not count)."""
+    from perfmamba.profiling.timers import time_call
+    device = model.backbone.embedding.weight.device
+    rec = {"length": length, "batch": batch, "status": "ok", "median_s": None, "tokens_per_s": None,
+           "peak_bytes": None, "peak_increment_bytes": None, "cuda_graph": False}
+    graph = None
+    try:
+        ids = torch.randint(0, model.config.vocab_size, (batch, length), device=device,
+                            generator=torch.Generator(device=device).manual_seed(length))
+        if device.type == "cuda":
+            model.forward_unchecked(ids)  # first call: Triton compiles and autotunes (with its own buffers)
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            model.forward_unchecked(ids)
+            torch.cuda.synchronize(device)
+            rec["peak_increment_bytes"] = torch.cuda.max_memory_allocated(device) - base
+            rec["peak_bytes"] = _parameter_bytes(model) + rec["peak_increment_bytes"]
+        fn = lambda: model.forward_unchecked(ids)  # noqa: E731
+        if device.type == "cuda" and s.cuda_graph:
+            from perfmamba.models.cuda_graph import GraphPrefill
+            graph = GraphPrefill(model, batch, length)
+            fn = lambda: graph(ids)  # noqa: E731
+            rec["cuda_graph"] = True
+        t = time_call(fn, device, warmup=s.warmup, repeats=s.repeats)
+        rec["median_s"], rec["tokens_per_s"] = t.median_s, batch * length / t.median_s
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+        if not _is_oom(e):
+            raise
+        rec["status"] = "oom"
+    finally:
+        del graph
+        _free(device)
+    return rec
+
+
+@torch.inference_mode()
+def measure_decode(model, batch: int, s: SpeedSettings) -> dict:
+    """tokens/s of one decode step for ``batch`` sequences (CUDA graph replay on a GPU) and cache bytes."""
+    from perfmamba.profiling.timers import time_call
+    device = model.backbone.embedding.weight.device
+    rec = {"batch": batch, "status": "ok", "median_s": None, "tokens_per_s": None, "cuda_graph": False,
+           "state_cache_bytes": None}
+    try:
+        cache = model.allocate_cache(batch)
+        rec["state_cache_bytes"] = cache.nbytes()
+        prompt = torch.randint(0, model.config.vocab_size, (batch, s.prompt), device=device,
+                               generator=torch.Generator(device=device).manual_seed(batch))
+        token = prompt[:, -1]
+        if device.type == "cuda" and s.cuda_graph:
+            decoder = model.graph_decoder(batch)
+            decoder.prefill(prompt)
+            fn = lambda: decoder.step(token)  # noqa: E731
+            rec["cuda_graph"] = True
+        else:
+            model(prompt, cache)
+            fn = lambda: model.step(token, cache)  # noqa: E731
+        t = time_call(fn, device, warmup=s.warmup, repeats=s.repeats)
+        rec["median_s"], rec["tokens_per_s"] = t.median_s, batch / t.median_s
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+        if not _is_oom(e):
+            raise
+        rec["status"] = "oom"
+    finally:
+        model.__dict__.pop("_graph_decoders", None)
+        _free(device)
+    return rec
+
+
+def measure_speed(model, s: SpeedSettings) -> dict:
+    device = model.backbone.embedding.weight.device
+    dtype = s.dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    model = model.to(dtype).eval()
+    return {"dtype": str(dtype).replace("torch.", ""),
+            "prefill": [measure_prefill(model, length, s) for length in s.lengths],
+            "decode": [measure_decode(model, b, s) for b in s.decode_batches]}
+
+
+# ---------------------------------------------------------------------------------------------- sweep
+def run_sweep(model, methods, ratios, ev: EvalSettings, speed: Optional[SpeedSettings], calib_ids: torch.Tensor,
+              budget: str = "uniform", multiple: int = 1, bridge: str = "none", seed: int = 0,
+              ridge: float = 1e-2, log: Callable[[str], None] = lambda msg: None) -> dict:
+    """The whole sweep (see the module doc); returns the JSON-ready results dict (no files written)."""
+    cfg = model.config
+    ratios = sorted(set(budgets.check_ratio(r) for r in ratios))
+    need = stats_needed(methods)
+    log(f"calibrating ({calib_ids.shape[0]} x {calib_ids.shape[1]} tokens; statistics: "
+        f"{', '.join(sorted(need)) or 'none'})")
+    stats = collect(model, calib_ids, need) if need else None
+    scores = {m: compute_scores(m, model, stats, seed) for m in methods}
+    log("evaluating the unpruned model")
+    base_bpb = bits_per_byte(model, ev)
+    original_sizes = [cfg.layer_d_state(i) for i in range(cfg.n_layer)]
+    accuracy, plans = [], {}
+    for ratio in ratios:
+        for method in methods:
+            sizes = budgets.keep_sizes(cfg, ratio, budget, scores[method], multiple)
+            rec = {"method": method, "ratio": ratio, "kept_sizes": sizes, "kept_total": sum(sizes),
+                   "kept_fraction": sum(sizes) / sum(original_sizes)}
+            if sizes == original_sizes:
+                rec.update(bits_per_byte=base_bpb, parameters=model.num_parameters(), refit=None)
+            else:
+                pruned = prune_model(model, budgets.select(scores[method], sizes))
+                rec["refit"] = None
+                if bridge == "refit":
+                    rec["refit"] = refit_bridge(model, pruned, calib_ids, ridge)
+                rec.update(bits_per_byte=bits_per_byte(pruned, ev), parameters=pruned.num_parameters())
+                del pruned
+            rec["bpb_change_pct"] = 100.0 * (rec["bits_per_byte"] / base_bpb - 1.0)
+            log(f"{method:>9} ratio {ratio:<6g} kept {rec['kept_total']:>5} states: "
+                f"{rec['bits_per_byte']:.4f} bits/byte ({rec['bpb_change_pct']:+.2f}%)")
+            accuracy.append(rec)
+            plans.setdefault(tuple(sizes), (method, ratio))
+    speeds = []
+    if speed is not None:
+        for sizes, (method, ratio) in plans.items():
+            log(f"timing d_state per layer {_short(sizes)}")
+            # a fresh copy even when nothing is removed: the timed model is converted to the speed dtype
+            timed = prune_model(model, budgets.select(scores[method], list(sizes)))
+            speeds.append({"kept_sizes": list(sizes), **measure_speed(timed, speed)})
+            del timed
+    return {"baseline_bits_per_byte": base_bpb, "original_sizes": original_sizes, "accuracy": accuracy,
+            "speed": speeds, "rows": join_rows(accuracy, speeds, original_sizes)}
+
+
+def _short(sizes) -> str:
+    return str(sizes[0]) if len(set(sizes)) == 1 else ",".join(map(str, sizes))
+
+
+def join_rows(accuracy: list, speeds: list, original_sizes: list) -> list:
+    """One flat record per (method, ratio): accuracy plus the speed of its kept sizes and the ratios to the
+    unpruned model's speed (plain numbers; None where not measured or out of memory)."""
+    by_sizes = {tuple(s["kept_sizes"]): s for s in speeds}
+    base = by_sizes.get(tuple(original_sizes))
+    rows = []
+    for a in accuracy:
+        row = {k: a[k] for k in ("method", "ratio", "kept_total", "kept_fraction", "parameters", "bits_per_byte",
+                                 "bpb_change_pct")}
+        row["d_state_min"], row["d_state_max"] = min(a["kept_sizes"]), max(a["kept_sizes"])
+        sp = by_sizes.get(tuple(a["kept_sizes"]))
+        if sp is not None:
+            for p in sp["prefill"]:
+                bp = _match(base["prefill"], "length", p["length"]) if base else None
+                key = f"L{p['length']}"
+                row[f"prefill_tokens_per_s_{key}"] = p["tokens_per_s"]
+                row[f"prefill_speedup_{key}"] = _ratio(p["tokens_per_s"], bp and bp["tokens_per_s"])
+                row[f"peak_bytes_{key}"] = p["peak_bytes"]
+                row[f"peak_reduction_pct_{key}"] = _pct_less(p["peak_bytes"], bp and bp["peak_bytes"])
+            for d in sp["decode"]:
+                bd = _match(base["decode"], "batch", d["batch"]) if base else None
+                key = f"B{d['batch']}"
+                row[f"decode_tokens_per_s_{key}"] = d["tokens_per_s"]
+                row[f"decode_speedup_{key}"] = _ratio(d["tokens_per_s"], bd and bd["tokens_per_s"])
+                row[f"state_cache_bytes_{key}"] = d["state_cache_bytes"]
+        rows.append(row)
+    return rows
+
+
+def _match(records, key, value):
+    return next((r for r in records if r[key] == value), None)
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def _pct_less(a, b):
+    return 100.0 * (1.0 - a / b) if a is not None and b else None
+
+
+def best_tradeoff(rows: list, max_bpb_change_pct: float = 2.0) -> Optional[dict]:
+    """The row with the largest prefill speedup (at the longest measured length) among rows whose bits per
+    byte are at most ``max_bpb_change_pct`` % worse than unpruned."""
+    keys = sorted((k for r in rows for k in r if k.startswith("prefill_speedup_L")),
+                  key=lambda k: int(k.rsplit("L", 1)[1]))
+    if not keys:
+        return None
+    key = keys[-1]
+    ok = [r for r in rows if r.get(key) is not None and r["bpb_change_pct"] <= max_bpb_change_pct
+          and not math.isnan(r["bpb_change_pct"])]
+    return max(ok, key=lambda r: r[key]) if ok else None

@@ -1,0 +1,185 @@
+"""Calibration statistics and scores: shapes, determinism, the delta formula on hand-computed cases, state
+statistics against plain loops, and the Taylor score against a finite difference."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from perfmamba import ops
+from perfmamba.pruning import calibration as cal
+from perfmamba.pruning.scores import METHODS, compute_scores, stats_needed
+
+from prune_helpers import CONFIGS, make_model, token_ids
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def calibrated(request):
+    model = make_model(request.param)
+    ids = token_ids(2, 40, seed=5)
+    return model, ids, cal.collect(model, ids, stats_needed(METHODS))
+
+
+def test_every_method_gives_one_finite_nonnegative_score_per_group_and_state(calibrated):
+    model, _, stats = calibrated
+    cfg = model.config
+    groups = 1 if cfg.family == "mamba1" else cfg.ngroups
+    for method in METHODS:
+        scores = compute_scores(method, model, stats)
+        assert len(scores) == cfg.n_layer
+        for s in scores:
+            assert s.shape == (groups, cfg.d_state) and s.dtype == torch.float64, method
+            assert torch.isfinite(s).all() and (s >= 0).all(), method
+            assert s.std() > 0, method
+
+
+def test_random_is_seeded(calibrated):
+    model, _, _ = calibrated
+    a, b = compute_scores("random", model, seed=7), compute_scores("random", model, seed=7)
+    c = compute_scores("random", model, seed=8)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], c[0])
+    assert not torch.equal(a[0], a[1])  # layers draw different numbers
+
+
+def test_interception_leaves_the_ops_as_they_were(calibrated):
+    model, ids, _ = calibrated
+    before = (ops.selective_scan, ops.ssd)
+    with torch.no_grad():
+        expected = model(ids)
+        with cal.intercept_scans(model, lambda layer, family, args: None):
+            assert ops.selective_scan is not before[0]
+            got = model(ids)
+    assert (ops.selective_scan, ops.ssd) == before
+    assert torch.equal(got, expected)
+
+
+def _surv(a, horizon):
+    return sum(a ** k for k in range(horizon))
+
+
+def test_delta_formula_mamba1_hand_computed():
+    # one channel (D = 1), two states, two tokens, no bias or softplus: dt is used as given
+    dt, u = [0.5, 1.0], [2.0, -1.0]
+    A = [-1.0, -3.0]
+    B = [[1.0, -2.0], [0.5, 1.0]]  # B[t][n]
+    C = [[3.0, 1.0], [-1.0, 2.0]]
+    args = {"u": torch.tensor([[u]]), "delta": torch.tensor([[dt]]), "A": torch.tensor([A]),
+            "B": torch.tensor([B]).transpose(1, 2), "C": torch.tensor([C]).transpose(1, 2),
+            "delta_bias": None, "delta_softplus": False}
+    stats = cal.LayerStats(groups=1, channels=1, d_state=2)
+    cal._accumulate_forward(stats, cal.scan_view("mamba1", args), {"activity"}, horizon=3)
+    (score,) = compute_scores("delta", None, [stats])
+    (gate,) = compute_scores("delta-gate", None, [stats])
+    for n in range(2):
+        expected = sum(abs(C[t][n]) * abs(B[t][n]) * dt[t] * abs(u[t]) * _surv(math.exp(dt[t] * A[n]), 3)
+                       for t in range(2)) / 2  # mean over 2 tokens x 1 channel
+        assert score[0, n].item() == pytest.approx(expected, rel=1e-6)
+        expected_gate = sum(abs(1 - math.exp(dt[t] * A[n])) * abs(B[t][n]) * abs(C[t][n]) for t in range(2)) / 2
+        assert gate[0, n].item() == pytest.approx(expected_gate, rel=1e-6)
+
+
+def test_delta_formula_mamba2_groups_hand_computed():
+    # two heads of headdim 1, two groups (one head each), one state, one token; softplus on dt + bias
+    x = [1.0, -2.0]  # per head
+    dt_raw, dt_bias = [0.0, 1.0], [0.5, -0.5]
+    A = [-2.0, -0.5]
+    B = [[1.5], [-1.0]]  # B[g][n]
+    C = [[2.0], [0.5]]
+    args = {"x": torch.tensor(x).view(1, 1, 2, 1), "dt": torch.tensor(dt_raw).view(1, 1, 2), "A": torch.tensor(A),
+            "B": torch.tensor(B).view(1, 1, 2, 1), "C": torch.tensor(C).view(1, 1, 2, 1),
+            "dt_bias": torch.tensor(dt_bias), "dt_softplus": True, "dt_limit": (0.0, float("inf"))}
+    stats = cal.LayerStats(groups=2, channels=1, d_state=1)
+    cal._accumulate_forward(stats, cal.scan_view("mamba2", args), {"activity"}, horizon=4)
+    (score,) = compute_scores("delta", None, [stats])
+    for g in range(2):
+        step = math.log1p(math.exp(dt_raw[g] + dt_bias[g]))
+        expected = abs(C[g][0]) * abs(B[g][0]) * step * abs(x[g]) * _surv(math.exp(step * A[g]), 4)
+        assert score[g, 0].item() == pytest.approx(expected, rel=1e-6)
+
+
+def _loop_states(view):
+    """h for every step by the plain recurrence, (Bsz, G, M, L, N)."""
+    seqlen = view.du.shape[3]
+    h = torch.zeros(*view.du.shape[:3], view.B.shape[-1], dtype=torch.float64)
+    out = []
+    for t in range(seqlen):
+        a = torch.exp(view.log_decay(t, t + 1)[:, :, :, 0].double())
+        h = a * h + (view.du[:, :, :, t] * view.B[:, :, :, t]).double()
+        out.append(h)
+    return torch.stack(out, dim=3)
+
+
+def _loop_observability(view):
+    seqlen = view.du.shape[3]
+    g = torch.zeros(*view.du.shape[:3], view.B.shape[-1], dtype=torch.float64)
+    total = torch.zeros_like(g)
+    for t in reversed(range(seqlen)):
+        a_next = (torch.exp(view.log_decay(t + 1, t + 2)[:, :, :, 0].double()) if t + 1 < seqlen
+                  else torch.zeros_like(g))
+        g = view.C[:, :, :, t].double() ** 2 + a_next ** 2 * g
+        total = total + g
+    return total.sum(0)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_state_statistics_match_plain_loops(name, monkeypatch):
+    monkeypatch.setattr(cal, "CHUNK", 7)  # several chunks, the last one short
+    model = make_model(name)
+    ids = token_ids(1, 30, seed=2)
+    views = {}
+
+    def grab(layer, family, args):
+        views.setdefault(layer, cal.scan_view(family, args))
+
+    with torch.no_grad(), cal.intercept_scans(model, grab):
+        model(ids)
+    stats = cal.collect_stats(model, ids, {"states", "observability"})
+    for layer, view in views.items():
+        h = _loop_states(view)
+        s = stats[layer]
+        assert torch.allclose(s.sums["wc"], h.square().sum((0, 3)), rtol=1e-4, atol=1e-9)
+        assert torch.allclose(s.sums["out_abs"], (h * view.C.double()).abs().sum((0, 2, 3)), rtol=1e-4, atol=1e-9)
+        assert torch.allclose(s.sums["wo"], _loop_observability(view), rtol=1e-4, atol=1e-9)
+
+
+def test_linear_recurrence_survives_fast_decay():
+    g = torch.Generator().manual_seed(0)
+    log_a = -torch.rand(3, 50, 4, generator=g) * 20  # cumulative decay far past fp32 range
+    b = torch.randn(3, 50, 4, generator=g)
+    h0 = torch.randn(3, 4, generator=g)
+    got = cal.linear_recurrence(log_a, b, h0)
+    h, ref = h0.double(), []
+    for t in range(50):
+        h = torch.exp(log_a[:, t].double()) * h + b[:, t]
+        ref.append(h)
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got.double(), torch.stack(ref, 1), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["m1", "m2-g2"])
+def test_taylor_equals_a_finite_difference(name):
+    """The Taylor statistic |dLoss/dm_n| (m_n scaling the C_n the scan reads) equals a central finite
+    difference of the loss along that scaling."""
+    model = make_model(name)  # the scans compute in fp32: a central difference with eps 1e-2 is accurate
+    ids = token_ids(1, 20, seed=3)
+    stats0 = cal.collect_taylor(model, ids)[0]
+    layer, group, n, eps = 0, 0, 3, 1e-2
+
+    def loss_with(scale):
+        def scale_c(lay, family, args):
+            if lay == layer:
+                c = args["C"].clone()
+                if family == "mamba1":
+                    c[:, n] = c[:, n] * scale
+                else:
+                    c[:, :, group, n] = c[:, :, group, n] * scale
+                args["C"] = c
+            return args
+        with torch.no_grad(), cal.intercept_scans(model, scale_c):
+            logits = model(ids[:, :-1])
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)).item()
+
+    fd = (loss_with(1 + eps) - loss_with(1 - eps)) / (2 * eps)
+    assert stats0.sums["taylor"][group, n].item() == pytest.approx(abs(fd), rel=2e-3)
