@@ -2,6 +2,8 @@
 
 One Mamba-1 and one Mamba-2 layer (mixer) at the 130m presets' sizes, random weights, fp32, batch 1,
 L in {256, 1024, 4096}.  Each backend is warmed up once and timed as the median of several runs.
+Beside the whole layer: the scan op alone (on the layer's own inputs) and the layer's projections alone
+(in_proj, x_proj, dt_proj, out_proj: the time no scan can remove).
 
     python benchmarks/bench_ref_cpu.py [--lengths 256 1024 4096] [--repeats 3]
 
@@ -21,6 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from perfmamba import ops  # noqa: E402
 from perfmamba.config import get_preset, write_json_atomic  # noqa: E402
 from perfmamba.models.block import MIXERS  # noqa: E402
 from perfmamba.report.environment import environment_info  # noqa: E402
@@ -38,6 +41,49 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+class _ScanInputs(Exception):
+    """Raised by the capturing stand-in to stop the layer right after its scan's inputs are known."""
+
+
+def capture_scan_call(mixer, x):
+    """The (args, kwargs) the layer passes to its scan op, captured by running it up to that call."""
+    name = "selective_scan" if isinstance(mixer, MIXERS["mamba1"]) else "ssd"
+    captured = {}
+
+    def stand_in(*args, **kwargs):
+        captured.update(args=args, kwargs=kwargs)
+        raise _ScanInputs
+
+    original = getattr(ops, name)
+    setattr(ops, name, stand_in)
+    try:
+        mixer(x)
+    except _ScanInputs:
+        pass
+    finally:
+        setattr(ops, name, original)
+    return getattr(ops, name), captured["args"], captured["kwargs"]
+
+
+def time_parts(mixer, x, repeats):
+    """Scan op alone (loop, chunked) on the layer's own inputs, and the layer's projections alone."""
+    with torch.inference_mode():
+        scan, args, kwargs = capture_scan_call(mixer, x)
+        kwargs = {k: v for k, v in kwargs.items() if k != "backend"}
+        loop_s = median_seconds(lambda: scan(*args, **kwargs, backend="loop"), repeats)
+        chunk_s = median_seconds(lambda: scan(*args, **kwargs, backend="ref"), repeats)
+        inner = mixer.d_inner
+
+        def projections():
+            h = mixer.in_proj(x)
+            if hasattr(mixer, "x_proj"):
+                dbl = mixer.x_proj(h[..., :inner])
+                mixer.dt_proj(dbl[..., :mixer.dt_rank])
+            mixer.out_proj(h[..., :inner])
+        proj_s = median_seconds(projections, repeats)
+    return loop_s, chunk_s, proj_s
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096])
@@ -45,7 +91,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     records = []
-    print(f"{'layer':<12} {'L':>6} {'loop ms':>10} {'chunked ms':>11} {'speed-up':>9} {'rel err':>9}")
+    print(f"{'layer':<12} {'L':>6} {'loop ms':>10} {'chunked ms':>11} {'speed-up':>9} {'rel err':>9} "
+          f"{'scan loop':>10} {'scan chunked':>12} {'scan x':>7} {'proj ms':>8}")
     for preset in ("mamba-130m", "mamba2-130m"):
         cfg = get_preset(preset)
         mixer = MIXERS[cfg.family](cfg, layer_idx=0).eval()
@@ -59,12 +106,15 @@ def main() -> None:
                 out = mixer(x)
                 chunk_s = median_seconds(lambda: mixer(x), args.repeats)
             err = float((out - ref).norm() / ref.norm())
+            scan_loop_s, scan_chunk_s, proj_s = time_parts(mixer, x, args.repeats)
             rec = {"layer": preset, "family": cfg.family, "seqlen": seqlen, "batch": 1, "dtype": "float32",
                    "loop_ms": loop_s * 1e3, "chunked_ms": chunk_s * 1e3, "speedup": loop_s / chunk_s,
-                   "rel_err": err}
+                   "rel_err": err, "scan_loop_ms": scan_loop_s * 1e3, "scan_chunked_ms": scan_chunk_s * 1e3,
+                   "scan_speedup": scan_loop_s / scan_chunk_s, "projections_ms": proj_s * 1e3}
             records.append(rec)
             print(f"{preset:<12} {seqlen:>6} {rec['loop_ms']:>10.1f} {rec['chunked_ms']:>11.1f} "
-                  f"{rec['speedup']:>8.1f}x {err:>9.1e}", flush=True)
+                  f"{rec['speedup']:>8.1f}x {err:>9.1e} {rec['scan_loop_ms']:>10.1f} {rec['scan_chunked_ms']:>12.1f} "
+                  f"{rec['scan_speedup']:>6.1f}x {rec['projections_ms']:>8.1f}", flush=True)
     env = environment_info("cpu")
     os.makedirs(OUT_DIR, exist_ok=True)
     write_json_atomic(os.path.join(OUT_DIR, "ref-cpu.json"), {"environment": env, "records": records})
@@ -72,9 +122,12 @@ def main() -> None:
              f"Device: {env['device']}, torch {env['torch']} ({env['torch_threads']} threads), {env['date']}, "
              f"git {env['git_revision']}. One mixer layer, random weights, fp32, batch 1, median of "
              f"{args.repeats} runs after a warm-up.", "",
-             "| layer | L | loop ms | chunked ms | speed-up | rel err |", "|---|---:|---:|---:|---:|---:|"]
+             "Scan columns: the SSM op alone on the layer's own inputs; projections: the layer's matmuls alone.",
+             "", "| layer | L | loop ms | chunked ms | speed-up | rel err | scan loop ms | scan chunked ms | scan "
+             "speed-up | projections ms |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['layer']} | {r['seqlen']} | {r['loop_ms']:.1f} | {r['chunked_ms']:.1f} | {r['speedup']:.1f}x "
-              f"| {r['rel_err']:.1e} |" for r in records]
+              f"| {r['rel_err']:.1e} | {r['scan_loop_ms']:.1f} | {r['scan_chunked_ms']:.1f} | "
+              f"{r['scan_speedup']:.1f}x | {r['projections_ms']:.1f} |" for r in records]
     tmp = os.path.join(OUT_DIR, "ref-cpu.md.tmp")
     with open(tmp, "w") as f:
         f.write("\n".join(lines) + "\n")
