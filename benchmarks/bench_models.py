@@ -23,7 +23,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from perfmamba.api import load_model  # noqa: E402
-from perfmamba.config import get_preset, write_json_atomic  # noqa: E402
+from perfmamba.fileio import write_json_atomic, write_text_atomic  # noqa: E402
+from perfmamba.config import get_preset  # noqa: E402
 from perfmamba.models.block import MIXERS  # noqa: E402
 from perfmamba.models.cuda_graph import GraphPrefill  # noqa: E402
 from perfmamba.report.environment import environment_info  # noqa: E402
@@ -165,10 +166,7 @@ def write_markdown(path, env, records):
             f"{'' if eager is None else f'{eager:.3f}'} | {'' if graph is None else f'{graph:.3f}'} | "
             f"{r.get('reference', '')} | {'' if ref_ms is None else f'{ref_ms:.2f}'} | {ratio} | "
             f"{'' if peak is None else f'{peak:.0f}'} |")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def main():

@@ -13,7 +13,6 @@ Writes docs/benchmarks/ref-cpu.json and ref-cpu.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -24,7 +23,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from perfmamba import ops  # noqa: E402
-from perfmamba.config import get_preset, write_json_atomic  # noqa: E402
+from perfmamba.fileio import write_json_atomic, write_text_atomic  # noqa: E402
+from perfmamba.config import get_preset  # noqa: E402
 from perfmamba.models.block import MIXERS  # noqa: E402
 from perfmamba.report.environment import environment_info  # noqa: E402
 
@@ -118,7 +118,7 @@ def main() -> None:
     env = environment_info("cpu")
     os.makedirs(OUT_DIR, exist_ok=True)
     write_json_atomic(os.path.join(OUT_DIR, "ref-cpu.json"), {"environment": env, "records": records})
-    lines = [f"# CPU reference scans: sequential loop vs chunked", "",
+    lines = ["# CPU reference scans: sequential loop vs chunked", "",
              f"Device: {env['device']}, torch {env['torch']} ({env['torch_threads']} threads), {env['date']}, "
              f"git {env['git_revision']}. One mixer layer, random weights, fp32, batch 1, median of "
              f"{args.repeats} runs after a warm-up.", "",
@@ -128,10 +128,7 @@ def main() -> None:
     lines += [f"| {r['layer']} | {r['seqlen']} | {r['loop_ms']:.1f} | {r['chunked_ms']:.1f} | {r['speedup']:.1f}x "
               f"| {r['rel_err']:.1e} | {r['scan_loop_ms']:.1f} | {r['scan_chunked_ms']:.1f} | "
               f"{r['scan_speedup']:.1f}x | {r['projections_ms']:.1f} |" for r in records]
-    tmp = os.path.join(OUT_DIR, "ref-cpu.md.tmp")
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, os.path.join(OUT_DIR, "ref-cpu.md"))
+    write_text_atomic(os.path.join(OUT_DIR, "ref-cpu.md"), "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

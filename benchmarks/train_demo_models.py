@@ -86,7 +86,7 @@ def run_one(name: str, work: str, device: str, install: bool) -> dict:
     for split, res in record["evaluation"].items():
         print(f"{name} {split}: {res['bits_per_byte']:.4f} bits/byte", flush=True)
     if install:
-        from perfmamba.config import write_json_atomic
+        from perfmamba.fileio import write_json_atomic
         from perfmamba.demo_models import demo_model_path
         target = demo_model_path(name)
         os.makedirs(target, exist_ok=True)

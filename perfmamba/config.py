@@ -13,13 +13,12 @@ what Hugging Face stores; mamba_ssm stores the unpadded size and pads when it bu
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from dataclasses import dataclass
+from typing import Optional, Union
 
 from perfmamba.errors import PerfMambaError
+from perfmamba.fileio import read_json
 
 # Hugging Face config.json files carry many keys that describe no hyperparameter of the function
 # (transformers_version, use_cache, initializer_range, use_associative_scan, ...), and the set changes
@@ -391,23 +390,9 @@ def config_from_json_dict(d: dict) -> AnyConfig:
 
 
 def read_config_json(path: str) -> AnyConfig:
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except FileNotFoundError:
-        raise PerfMambaError(f"no config.json at {path}; a checkpoint directory needs one") from None
-    except json.JSONDecodeError as e:
-        raise PerfMambaError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); fix or re-download it") from None
+    d = read_json(path, missing=f"no config.json at {path}; a checkpoint directory needs one",
+                  fix="fix or re-download it")
     return config_from_json_dict(d)
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Write JSON to a temporary name beside ``path`` and rename, so no half-written file is ever left."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, allow_nan=True)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------- presets

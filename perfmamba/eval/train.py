@@ -32,7 +32,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from perfmamba.config import Mamba1Config, Mamba2Config, get_preset, preset_names, write_json_atomic
+from perfmamba.fileio import write_json_atomic
+from perfmamba.config import Mamba1Config, Mamba2Config, get_preset, preset_names
 from perfmamba.errors import PerfMambaError
 
 FAMILIES = {"mamba1": Mamba1Config, "mamba2": Mamba2Config}

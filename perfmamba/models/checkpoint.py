@@ -13,7 +13,8 @@ from typing import Optional
 
 import torch
 
-from perfmamba.config import AnyConfig, read_config_json, write_json_atomic
+from perfmamba.fileio import atomic_write, write_json_atomic
+from perfmamba.config import AnyConfig, read_config_json
 from perfmamba.errors import PerfMambaError
 from perfmamba.models.lm import MambaLM
 
@@ -153,16 +154,6 @@ def _checkpoint_dtype(state: dict) -> torch.dtype:
 
 
 # ------------------------------------------------------------------------------------------- writing
-def _atomic_save(write, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_checkpoint(model: MambaLM, directory: str, format: str = "hf") -> None:
     """config.json + weights.  "hf": model.safetensors with transformers' names (tied head omitted, as
     transformers does); "mamba_ssm": pytorch_model.bin with mamba_ssm's names and config dialect."""
@@ -175,14 +166,14 @@ def save_checkpoint(model: MambaLM, directory: str, format: str = "hf") -> None:
         if model.config.tie_embeddings:
             state.pop("lm_head.weight")
         state = {_to_hf(k): v for k, v in state.items()}
-        _atomic_save(lambda p: save_file(state, p, metadata={"format": "pt"}),
-                     os.path.join(directory, "model.safetensors"))
+        atomic_write(os.path.join(directory, "model.safetensors"),
+                     lambda p: save_file(state, p, metadata={"format": "pt"}))
         _remove_stale(directory, keep="model.safetensors")
         write_json_atomic(os.path.join(directory, "config.json"), model.config.to_hf_dict())
     else:
         if model.config.tie_embeddings:  # mamba_ssm's state dict carries the tied head under both names
             state["lm_head.weight"] = state["backbone.embedding.weight"]
-        _atomic_save(lambda p: torch.save(state, p), os.path.join(directory, "pytorch_model.bin"))
+        atomic_write(os.path.join(directory, "pytorch_model.bin"), lambda p: torch.save(state, p))
         _remove_stale(directory, keep="pytorch_model.bin")
         write_json_atomic(os.path.join(directory, "config.json"), model.config.to_mamba_ssm_dict())
 

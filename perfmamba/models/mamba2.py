@@ -3,7 +3,6 @@ dt_bias, softplus) -> gated RMSNorm -> out_proj.  Parameter names follow mamba_s
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch

@@ -158,7 +158,8 @@ def cmd_profile(args) -> int:
 def cmd_compare(args) -> int:
     from perfmamba.profiling.compare import CompareRow, compare_runs, geomean_ratio
     from perfmamba.profiling.records import load_run
-    from perfmamba.report.profile_files import atomic_write_text, records_csv
+    from perfmamba.fileio import write_text_atomic
+    from perfmamba.report.profile_files import records_csv
     from perfmamba.report.profile_tables import print_compare, wide_console
 
     a, b = load_run(args.run_a), load_run(args.run_b)
@@ -170,6 +171,6 @@ def cmd_compare(args) -> int:
         console.print(f"whole-unit time B / A, geometric mean over {sum(r.component == 'whole' for r in rows)} "
                       f"configurations: {g:.3f}")
     if args.csv:
-        atomic_write_text(args.csv, records_csv(rows, CompareRow))
+        write_text_atomic(args.csv, records_csv(rows, CompareRow))
         console.print(f"wrote {args.csv}")
     return 0

@@ -29,6 +29,7 @@ from typing import Optional
 
 import torch
 
+from perfmamba.fileio import write_json_atomic
 from perfmamba.profiling.timers import synchronize
 
 # Dense peaks from vendor datasheets (no sparsity).  Matched by substring of torch.cuda.get_device_name.
@@ -238,11 +239,8 @@ def get_ceilings(device: torch.device | str, dtype: torch.dtype, remeasure: bool
     entries[key] = ceilings.to_dict()
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump({"version": CEILINGS_VERSION, "device": device_description(device), "by_dtype": entries},
-                      f, indent=2)
-        os.replace(tmp, path)
+        write_json_atomic(path, {"version": CEILINGS_VERSION, "device": device_description(device),
+                                 "by_dtype": entries})
     except OSError:
         pass  # a read-only home still profiles; it just measures again next time
     return ceilings

@@ -12,13 +12,13 @@ On a CPU these are not applicable (None).  Traces (``--trace``) are Chrome / Per
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from perfmamba.fileio import atomic_write
 from perfmamba.profiling.timers import host_and_wall_time, synchronize
 
 IDLE_THRESHOLD = 0.5
@@ -71,9 +71,7 @@ def _profiled(fn: Callable[[], object], device: torch.device, trace_path: Option
         fn()
         synchronize(device)
     if trace_path:
-        tmp = f"{trace_path}.tmp-{os.getpid()}.json"
-        prof.export_chrome_trace(tmp)
-        os.replace(tmp, trace_path)
+        atomic_write(trace_path, prof.export_chrome_trace, suffix=".json")
     return _gpu_intervals(prof) if device.type == "cuda" else []
 
 

@@ -7,13 +7,13 @@ null and read back as NaN.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Optional
 
 from perfmamba.errors import PerfMambaError
+from perfmamba.fileio import read_json
 
 NAN = math.nan
 RESULTS_FILE = "results.json"
@@ -201,14 +201,8 @@ def _record_from_dict(cls, d: dict):
 def load_run(path: str) -> ProfileRun:
     """A run from its output directory (or its results.json); a missing or damaged file is one line."""
     file = os.path.join(path, RESULTS_FILE) if os.path.isdir(path) else path
-    try:
-        with open(file) as f:
-            d = json.load(f)
-    except FileNotFoundError:
-        raise PerfMambaError(f"no {RESULTS_FILE} at {path}; pass the --out directory of a `perfmamba profile` run") \
-            from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise PerfMambaError(f"cannot read {file} ({e}); re-run `perfmamba profile`") from None
+    d = read_json(file, missing=f"no {RESULTS_FILE} at {path}; pass the --out directory of a `perfmamba profile` run",
+                  fix="re-run `perfmamba profile`")
     if not isinstance(d, dict) or "components" not in d:
         raise PerfMambaError(f"{file} is not a `perfmamba profile` results file")
     return ProfileRun.from_dict(d)

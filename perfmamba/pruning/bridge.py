@@ -41,13 +41,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 
 import torch
 
-from perfmamba.config import write_json_atomic
+from perfmamba.fileio import read_json, write_json_atomic
 from perfmamba.errors import PerfMambaError
 from perfmamba.models.lm import MambaLM
 from perfmamba.pruning.calibration import intercept_scans
@@ -96,13 +95,8 @@ def write_bridge(directory: str, record: dict) -> None:
 
 def read_bridge(directory: str) -> dict:
     path = os.path.join(directory, BRIDGE_FILE)
-    try:
-        with open(path) as f:
-            record = json.load(f)
-    except FileNotFoundError:
-        raise PerfMambaError(f"no {BRIDGE_FILE} in {directory}; perfmamba prune --bridge compat writes it") from None
-    except json.JSONDecodeError as e:
-        raise PerfMambaError(f"{path} is not valid JSON ({e.msg}); re-run perfmamba prune") from None
+    record = read_json(path, missing=f"no {BRIDGE_FILE} in {directory}; perfmamba prune --bridge compat writes it",
+                       fix="re-run perfmamba prune")
     if record.get("format") != BRIDGE_FORMAT or "kept" not in record:
         raise PerfMambaError(f"{path} is not a perfmamba pruning bridge file")
     return record

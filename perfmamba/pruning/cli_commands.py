@@ -155,7 +155,8 @@ def cmd_prune(args) -> int:
     from perfmamba.pruning import bridge as bridges
     from perfmamba.pruning.budget import check_ratio
     from perfmamba.pruning.pipeline import check_bridge, prune
-    from perfmamba.pruning.render import prune_markdown, write_text_atomic
+    from perfmamba.fileio import write_text_atomic
+    from perfmamba.pruning.render import prune_markdown
     from perfmamba.pruning.scores import check_methods
     from perfmamba.pruning.sweep import bits_per_byte
 
@@ -206,7 +207,7 @@ def cmd_prune(args) -> int:
         report["heldout_layer_error"] = _heldout_errors(model, pruned, keep, args, model_dir)
     files += ["prune_report.json", "prune_report.md"]
     report["files"] = files
-    from perfmamba.config import write_json_atomic
+    from perfmamba.fileio import write_json_atomic
     write_json_atomic(os.path.join(args.out, "prune_report.json"), report)
     write_text_atomic(os.path.join(args.out, "prune_report.md"), prune_markdown(report))
     b, a = report["before"], report["after"]
@@ -241,10 +242,11 @@ def _sizes(sizes) -> str:
 # --------------------------------------------------------------------------------------------- sweep
 def cmd_prune_sweep(args) -> int:
     from perfmamba.api import _resolve_dtype
-    from perfmamba.config import write_json_atomic
+    from perfmamba.fileio import write_json_atomic
     from perfmamba.errors import PerfMambaError
     from perfmamba.pruning.budget import check_ratio
-    from perfmamba.pruning.render import sweep_markdown, sweep_plots, write_csv_atomic, write_text_atomic
+    from perfmamba.fileio import write_text_atomic
+    from perfmamba.pruning.render import sweep_markdown, sweep_plots, write_csv_atomic
     from perfmamba.pruning.scores import METHODS, check_methods
     from perfmamba.pruning.sweep import DEFAULT_LENGTHS, DEFAULT_RATIOS, SpeedSettings, run_sweep
     from perfmamba.report.environment import environment_info

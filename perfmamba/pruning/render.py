@@ -8,18 +8,8 @@ import io
 import math
 import os
 
+from perfmamba.fileio import save_figure_atomic, write_text_atomic
 from perfmamba.report.format import human_bytes, human_count
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_csv_atomic(path: str, rows: list) -> None:
@@ -156,11 +146,8 @@ def sweep_plots(res: dict, directory: str) -> list:
     names = []
 
     def save(fig, name):
-        path = os.path.join(directory, name)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        save_figure_atomic(fig, os.path.join(directory, name), dpi=120)
         plt.close(fig)
-        os.replace(tmp, path)
         names.append(name)
 
     methods = list(dict.fromkeys(r["method"] for r in res["accuracy"]))

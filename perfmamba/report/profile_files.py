@@ -13,22 +13,12 @@ import json
 import math
 import os
 
+from perfmamba.fileio import write_text_atomic
 from perfmamba.profiling.records import RESULTS_FILE, ComponentRecord, ConfigRecord, ProfileRun
 
 COMPONENTS_CSV = "components.csv"
 CONFIGS_CSV = "configs.csv"
 REPORT_MD = "report.md"
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _plain(value):
@@ -52,9 +42,9 @@ def records_csv(records: list, cls) -> str:
 def write_data_files(run: ProfileRun, out_dir: str) -> None:
     """results.json and the CSVs: cheap, written after every configuration."""
     os.makedirs(out_dir, exist_ok=True)
-    atomic_write_text(os.path.join(out_dir, RESULTS_FILE), json.dumps(run.to_dict(), indent=1) + "\n")
-    atomic_write_text(os.path.join(out_dir, COMPONENTS_CSV), records_csv(run.components, ComponentRecord))
-    atomic_write_text(os.path.join(out_dir, CONFIGS_CSV), records_csv(run.configs, ConfigRecord))
+    write_text_atomic(os.path.join(out_dir, RESULTS_FILE), json.dumps(run.to_dict(), indent=1) + "\n")
+    write_text_atomic(os.path.join(out_dir, COMPONENTS_CSV), records_csv(run.components, ComponentRecord))
+    write_text_atomic(os.path.join(out_dir, CONFIGS_CSV), records_csv(run.configs, ConfigRecord))
 
 
 def write_outputs(run: ProfileRun, out_dir: str, plots: bool = True) -> list:
@@ -68,6 +58,6 @@ def write_outputs(run: ProfileRun, out_dir: str, plots: bool = True) -> list:
         from perfmamba.report.profile_plots import write_plots
         images = write_plots(run, out_dir)
         written += [os.path.join(out_dir, p) for p in images]
-    atomic_write_text(os.path.join(out_dir, REPORT_MD), render_report(run, images))
+    write_text_atomic(os.path.join(out_dir, REPORT_MD), render_report(run, images))
     written.append(os.path.join(out_dir, REPORT_MD))
     return written

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 
+from perfmamba.fileio import save_figure_atomic
 from perfmamba.profiling.records import OK, ProfileRun
 from perfmamba.report.format import human_bytes, human_count, human_seconds
 from perfmamba.report.profile_tables import components_of, groups, short_name
@@ -71,13 +72,7 @@ def _grid(plt, n: int, width: float = 5.2, height: float = 3.8):
 
 
 def _save(fig, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_figure_atomic(fig, path, dpi=110)
 
 
 def _title(key) -> str:
