@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from perfmamba.api import load_model  # noqa: E402
 from perfmamba.fileio import write_json_atomic, write_text_atomic  # noqa: E402
+from perfmamba.profiling.timers import time_call  # noqa: E402
 from perfmamba.config import get_preset  # noqa: E402
 from perfmamba.models.block import MIXERS  # noqa: E402
 from perfmamba.models.cuda_graph import GraphPrefill  # noqa: E402
@@ -31,19 +32,8 @@ from perfmamba.report.environment import environment_info  # noqa: E402
 
 
 def cuda_median_ms(fn, warmup: int = 3, repeats: int = 20) -> float:
-    """Median over repeats of CUDA-event time around ``fn`` (after warm-up), in ms."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    return statistics.median(times)
+    """Median over repeats of CUDA-event time around one call of ``fn`` (after warm-up), in ms."""
+    return time_call(fn, "cuda", warmup=warmup, repeats=repeats).median_s * 1e3
 
 
 def peak_mb(fn) -> float:

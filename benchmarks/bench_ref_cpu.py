@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
 
@@ -24,6 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from perfmamba import ops  # noqa: E402
 from perfmamba.fileio import write_json_atomic, write_text_atomic  # noqa: E402
+from perfmamba.profiling.timers import time_call  # noqa: E402
 from perfmamba.config import get_preset  # noqa: E402
 from perfmamba.models.block import MIXERS  # noqa: E402
 from perfmamba.report.environment import environment_info  # noqa: E402
@@ -32,13 +31,8 @@ OUT_DIR = os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks")
 
 
 def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """One warm-up call, then the median of ``repeats`` single calls."""
+    return time_call(fn, "cpu", warmup=1, repeats=repeats, min_sample_s=0.0).median_s
 
 
 class _ScanInputs(Exception):
