@@ -29,6 +29,9 @@ from perfmamba.ops import selective_scan, ssd  # noqa: E402
 
 SCAN_SHAPE = dict(bsz=8, seqlen=2048, dim=1536)
 SSD_SHAPE = dict(bsz=8, seqlen=4096, nheads=24, headdim=64, ngroups=1, chunk=256)
+# batch 1, long sequence: too few channel blocks / heads to fill the GPU, so split-L runs (timed both ways)
+SCAN_SHAPE_B1 = dict(bsz=1, seqlen=16384, dim=1536)
+SSD_SHAPE_B1 = dict(bsz=1, seqlen=16384, nheads=24, headdim=64, ngroups=1, chunk=256)
 
 
 def bench(fn, warmup=25, rep=200):
@@ -48,9 +51,9 @@ def copy_bandwidth():
     return 2 * src.numel() / (ms * 1e-3)
 
 
-def scan_inputs(n_state, dtype=torch.bfloat16, seed=0):
+def scan_inputs(n_state, dtype=torch.bfloat16, seed=0, shape=SCAN_SHAPE):
     g = torch.Generator(device="cuda").manual_seed(seed)
-    b, L, d = SCAN_SHAPE["bsz"], SCAN_SHAPE["seqlen"], SCAN_SHAPE["dim"]
+    b, L, d = shape["bsz"], shape["seqlen"], shape["dim"]
     r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
     u = r(b, d, L).to(dtype)
     delta = (r(b, d, L) * 0.5 - 1.0).to(dtype)
@@ -69,9 +72,9 @@ def scan_bytes(args, kw):
     return moved + u.numel() * u.element_size()  # + y
 
 
-def ssd_inputs(n_state, dtype=torch.bfloat16, seed=0):
+def ssd_inputs(n_state, dtype=torch.bfloat16, seed=0, shape=SSD_SHAPE):
     g = torch.Generator(device="cuda").manual_seed(seed)
-    s = SSD_SHAPE
+    s = shape
     r = lambda *sh: torch.randn(*sh, device="cuda", generator=g)  # noqa: E731
     x = r(s["bsz"], s["seqlen"], s["nheads"], s["headdim"]).to(dtype)
     dt = (r(s["bsz"], s["seqlen"], s["nheads"]) * 0.5 - 2.0).to(dtype)
@@ -133,11 +136,39 @@ def run_main(records, copy_bw):
             rec["mamba_ssm_ms"] = bench(lambda: ms_fns[1](x, dt, A, B, C, cs, D=kw["D"], dt_bias=kw["dt_bias"],
                                                           dt_softplus=True))
         records.append(rec)
+    run_batch1(records)
     for rec in records:
         rec["GB_per_s"] = rec["bytes"] / (rec["ours_ms"] * 1e-3) / 1e9
         rec["fraction_of_copy_bw"] = rec["bytes"] / (rec["ours_ms"] * 1e-3) / copy_bw
         if rec.get("reference_ms"):
             rec["speedup_vs_reference"] = rec["reference_ms"] / rec["ours_ms"]
+
+
+def run_batch1(records):
+    """Batch-1, L=16384 shapes: split-L (the default there) against one sequential walk (splits=1)."""
+    from perfmamba.ops.triton.selective_scan import selective_scan_triton
+    from perfmamba.ops.triton.ssd import ssd_triton
+    s1, s2 = SCAN_SHAPE_B1, SSD_SHAPE_B1
+    for n_state in (16, 8):
+        args, kw = scan_inputs(n_state, shape=s1)
+        ref = selective_scan(*args, **kw, backend="ref")
+        err = rel_err(selective_scan(*args, **kw, backend="triton"), ref)
+        ours = bench(lambda: selective_scan(*args, **kw, backend="triton"))
+        one = bench(lambda: selective_scan_triton(*args, **kw, splits=1))
+        records.append(dict(workload=f"mamba1_scan B=1 N={n_state}",
+                            shape=f"B=1 L={s1['seqlen']} D={s1['dim']} N={n_state} bf16", ours_ms=ours,
+                            reference_ms=one, reference="ours without split-L", rel_err_vs_reference=err,
+                            bytes=scan_bytes(args, kw)))
+    for n_state in (128, 64, 32):
+        args, kw = ssd_inputs(n_state, shape=s2)
+        ref = ssd(*args, **kw, backend="ref")
+        err = rel_err(ssd(*args, **kw, backend="triton"), ref)
+        ours = bench(lambda: ssd(*args, **kw, backend="triton"))
+        one = bench(lambda: ssd_triton(*args, **kw, splits=1))
+        records.append(dict(workload=f"mamba2_ssd B=1 N={n_state}",
+                            shape=f"B=1 L={s2['seqlen']} H=24 P=64 G=1 N={n_state} chunk=256 bf16", ours_ms=ours,
+                            reference_ms=one, reference="ours without split-L", rel_err_vs_reference=err,
+                            bytes=ssd_bytes(args, kw)))
 
 
 def run_sweep():
@@ -179,12 +210,16 @@ def write_outputs(records, meta, out_dir):
              f"torch {meta['torch']}, triton {meta['triton']}, CUDA {meta['cuda']}, {meta['date']}.  "
              f"Median of many runs (triton.testing.do_bench); device copy bandwidth measured in the same run: "
              f"{meta['copy_GB_per_s']:.0f} GB/s (read + write).  Reference = PerfMamba's chunked plain-torch "
-             f"backend (\"ref\") on the same GPU.  GB/s = bytes a single pass must move / our time.", "",
-             "| workload | shape | ours ms | reference ms | ratio (ref/ours) | GB/s | % of copy bw | mamba_ssm ms |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             f"backend (\"ref\") on the same GPU, except for the batch-1 rows, whose reference is our own kernel "
+             f"without split-L (one sequential walk per channel block).  GB/s = bytes a single pass must move / "
+             f"our time.", "",
+             "| workload | shape | ours ms | reference | reference ms | ratio (ref/ours) | GB/s | % of copy bw | "
+             "mamba_ssm ms |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in records:
         ms_col = f"{r['mamba_ssm_ms']:.4f}" if "mamba_ssm_ms" in r else "n/a"
-        lines.append(f"| {r['workload']} | {r['shape']} | {r['ours_ms']:.4f} | {r.get('reference_ms', float('nan')):.3f}"
+        lines.append(f"| {r['workload']} | {r['shape']} | {r['ours_ms']:.4f} | {r.get('reference', '')}"
+                     f" | {r.get('reference_ms', float('nan')):.3f}"
                      f" | {r.get('speedup_vs_reference', float('nan')):.1f}x | {r['GB_per_s']:.0f}"
                      f" | {100 * r['fraction_of_copy_bw']:.0f}% | {ms_col} |")
     by = {r["workload"]: r["ours_ms"] for r in records}

@@ -19,7 +19,7 @@ class Block(nn.Module):
     def __init__(self, config, layer_idx: int, backend: str = "auto", device=None, dtype=None):
         super().__init__()
         self.residual_in_fp32 = config.residual_in_fp32
-        self.norm = RMSNorm(config.d_model, eps=config.norm_eps, device=device, dtype=dtype)
+        self.norm = RMSNorm(config.d_model, eps=config.norm_eps, backend=backend, device=device, dtype=dtype)
         self.mixer = MIXERS[config.family](config, layer_idx, backend=backend, device=device, dtype=dtype)
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:

@@ -33,3 +33,18 @@ class KeepSsmParamsFp32:
             if param.dtype != torch.float32 and before.dtype == torch.float32:
                 param.data = before.to(device=param.device)
         return self
+
+    def neg_exp_A(self) -> torch.Tensor:
+        """A = -exp(A_log) in fp32.  Cached while A_log is unchanged (same storage and version counter), so
+        that a decode step does not spend a kernel per layer on it; recomputed whenever autograd is on (a
+        tensor cached under inference mode could not be saved for backward)."""
+        a_log = self.A_log
+        if torch.is_grad_enabled() or a_log.is_inference():  # inference tensors have no version counter
+            return -torch.exp(a_log.float())
+        key = (a_log.data_ptr(), a_log._version, a_log.device)
+        cached = self.__dict__.get("_neg_exp_A_cache")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, -torch.exp(a_log.detach().float()))
+            self.__dict__["_neg_exp_A_cache"] = cached
+        return cached[1]

@@ -20,7 +20,7 @@ class Backbone(nn.Module):
         self.embedding = nn.Embedding(config.vocab_size, config.d_model, device=device, dtype=dtype)
         self.layers = nn.ModuleList(Block(config, i, backend, device=device, dtype=dtype)
                                     for i in range(config.n_layer))
-        self.norm_f = RMSNorm(config.d_model, eps=config.norm_eps, device=device, dtype=dtype)
+        self.norm_f = RMSNorm(config.d_model, eps=config.norm_eps, backend=backend, device=device, dtype=dtype)
 
 
 class MambaLM(nn.Module):
@@ -51,8 +51,9 @@ class MambaLM(nn.Module):
         from perfmamba.ops import resolve_backend
         resolve_backend(backend, next(self.parameters()).device)  # validates (one-line error if unusable)
         self._backend = backend
-        for block in self.backbone.layers:
-            block.mixer.backend = backend
+        for module in self.modules():  # mixers and norms
+            if hasattr(module, "backend") and module is not self:
+                module.backend = backend
         return self
 
     # ---------------------------------------------------------------------------------------- forward

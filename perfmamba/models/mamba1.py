@@ -54,22 +54,26 @@ class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
         if cache is not None and cache.seqlen_offset > 0:
             return torch.stack([self.step(hidden[:, t], cache) for t in range(hidden.shape[1])], dim=1)
         bsz, seqlen, _ = hidden.shape
-        xz = self.in_proj(hidden).transpose(1, 2)  # (Bsz, 2D, L)
-        x, z = xz.chunk(2, dim=1)  # (Bsz, D, L) each
+        d, r, n = self.d_inner, self.dt_rank, self.d_state
+        # Channels-first activations straight out of the GEMMs (the weight times the transposed input, as
+        # mamba_ssm does): (Bsz, channels, L) with L contiguous is what the conv and the scan read, so no
+        # transposed copies are made.  in_proj: (2D, Bsz*L) viewed as (Bsz, 2D, L).
+        xz = (self.in_proj.weight @ hidden.reshape(bsz * seqlen, -1).t()).view(2 * d, bsz, seqlen).permute(1, 0, 2)
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias[:, None]
+        x, z = xz[:, :d], xz[:, d:]  # (Bsz, D, L) each
         x, conv_state = ops.causal_conv1d(x, self._conv_weight(), self.conv1d.bias, activation="silu",
                                           return_final_state=True, backend=self.backend)
-        x_dbl = self.x_proj(x.transpose(1, 2))  # (Bsz, L, R + 2N)
-        dt, B, C = self._split_xproj(x_dbl)
-        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (Bsz, D, L); bias added inside the scan
-        A = -torch.exp(self.A_log.float())  # (D, N)
+        x_dbl = self.x_proj.weight @ x  # (Bsz, R + 2N, L)
+        dt = self.dt_proj.weight @ x_dbl[:, :r]  # (Bsz, D, L); the bias is added inside the scan
         y, ssm_state = ops.selective_scan(
-            x, dt, A, B.transpose(1, 2), C.transpose(1, 2), D=self.D.float(), z=z,
-            delta_bias=self.dt_proj.bias.float(), delta_softplus=True, return_last_state=True,
+            x, dt, self.neg_exp_A(), x_dbl[:, r:r + n], x_dbl[:, r + n:], D=self.D, z=z,
+            delta_bias=self.dt_proj.bias, delta_softplus=True, return_last_state=True,
             backend=self.backend)  # y: (Bsz, D, L); state (Bsz, D, N)
         if cache is not None:
             cache.conv_states[self.layer_idx].copy_(conv_state)
             cache.ssm_states[self.layer_idx].copy_(ssm_state)
-        return self.out_proj(y.transpose(1, 2))
+        return self.out_proj(y.transpose(1, 2))  # a transposed operand for the GEMM, not a copy (batch 1)
 
     def step(self, hidden: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
         """One token.  hidden: (Bsz, d_model) -> (Bsz, d_model); the layer's cache entries advance in place."""
@@ -78,7 +82,6 @@ class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
                                      activation="silu", backend=self.backend)
         dt, B, C = self._split_xproj(self.x_proj(x))
         dt = F.linear(dt, self.dt_proj.weight)  # (Bsz, D)
-        A = -torch.exp(self.A_log.float())
-        y = ops.selective_state_update(cache.ssm_states[self.layer_idx], x, dt, A, B, C, D=self.D.float(), z=z,
-                                       dt_bias=self.dt_proj.bias.float(), dt_softplus=True, backend=self.backend)
+        y = ops.selective_state_update(cache.ssm_states[self.layer_idx], x, dt, self.neg_exp_A(), B, C, D=self.D,
+                                       z=z, dt_bias=self.dt_proj.bias, dt_softplus=True, backend=self.backend)
         return self.out_proj(y)

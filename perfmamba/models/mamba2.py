@@ -31,7 +31,8 @@ class Mamba2Mixer(KeepSsmParamsFp32, nn.Module):
         self.dt_bias = nn.Parameter(torch.empty(self.nheads, device=device, dtype=torch.float32))
         self.A_log = nn.Parameter(torch.empty(self.nheads, device=device, dtype=torch.float32))
         self.D = nn.Parameter(torch.empty(self.nheads, device=device, dtype=torch.float32))
-        self.norm = GatedRMSNorm(config.d_inner, config.d_inner // config.ngroups, eps=config.norm_eps, **kw)
+        self.norm = GatedRMSNorm(config.d_inner, config.d_inner // config.ngroups, eps=config.norm_eps,
+                                 backend=backend, **kw)
         self.out_proj = nn.Linear(config.d_inner, config.d_model, bias=config.bias, **kw)
         self.reset_ssm_parameters()
 
@@ -63,11 +64,10 @@ class Mamba2Mixer(KeepSsmParamsFp32, nn.Module):
         xbc, conv_state = ops.causal_conv1d(xbc.transpose(1, 2), self._conv_weight(), self.conv1d.bias,
                                             activation="silu", return_final_state=True, backend=self.backend)
         x, B, C = self._split_xbc(xbc.transpose(1, 2))  # (Bsz, L, d_inner), (Bsz, L, G*N) x2
-        A = -torch.exp(self.A_log.float())  # (H,)
         y, ssm_state = ops.ssd(
-            x.reshape(bsz, seqlen, self.nheads, self.headdim), dt, A,
+            x.reshape(bsz, seqlen, self.nheads, self.headdim), dt, self.neg_exp_A(),
             B.reshape(bsz, seqlen, self.ngroups, self.d_state), C.reshape(bsz, seqlen, self.ngroups, self.d_state),
-            self.config.chunk_size, D=self.D.float(), dt_bias=self.dt_bias.float(), dt_softplus=True,
+            self.config.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
             return_final_states=True, dt_limit=self.config.dt_limit, backend=self.backend)
         if cache is not None:
             cache.conv_states[self.layer_idx].copy_(conv_state)
@@ -82,10 +82,9 @@ class Mamba2Mixer(KeepSsmParamsFp32, nn.Module):
         xbc = ops.causal_conv1d_update(xbc, cache.conv_states[self.layer_idx], self._conv_weight(),
                                        self.conv1d.bias, activation="silu", backend=self.backend)
         x, B, C = self._split_xbc(xbc)
-        A = -torch.exp(self.A_log.float())
         y = ops.selective_state_update(
-            cache.ssm_states[self.layer_idx], x.reshape(bsz, self.nheads, self.headdim), dt, A,
+            cache.ssm_states[self.layer_idx], x.reshape(bsz, self.nheads, self.headdim), dt, self.neg_exp_A(),
             B.reshape(bsz, self.ngroups, self.d_state), C.reshape(bsz, self.ngroups, self.d_state),
-            D=self.D.float(), dt_bias=self.dt_bias.float(), dt_softplus=True, dt_limit=self.config.dt_limit,
+            D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.config.dt_limit,
             backend=self.backend)  # (Bsz, H, P)
         return self.out_proj(self.norm(y.reshape(bsz, self.d_inner), z))

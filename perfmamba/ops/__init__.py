@@ -19,13 +19,14 @@ import torch
 
 from perfmamba.errors import PerfMambaError
 from perfmamba.ops.conv_ref import causal_conv1d_ref, causal_conv1d_update_ref
+from perfmamba.ops.norm_ref import rms_norm_ref
 from perfmamba.ops.scan_chunked import selective_scan_chunked
 from perfmamba.ops.scan_ref import selective_scan_ref, selective_state_update_ref, ssd_loop_ref, ssd_ref
 
 BACKENDS = ("auto", "ref", "loop", "triton")
 
 __all__ = ["BACKENDS", "selective_scan", "ssd", "causal_conv1d", "causal_conv1d_update", "selective_state_update",
-           "resolve_backend", "triton_available"]
+           "rms_norm", "resolve_backend", "triton_available"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -128,6 +129,19 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     which = resolve_backend(backend, x.device)
     fn = _triton_module().selective_state_update_triton if which == "triton" else selective_state_update_ref
     return fn(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=tuple(dt_limit))
+
+
+def rms_norm(x, weight, eps, z=None, group_size=None, backend="auto"):
+    """RMSNorm of x (..., dim) with weight (dim,), in weight's dtype; with z, of x * SiLU(z) (Mamba-2's gated
+    norm); with group_size, statistics per group of that many channels."""
+    dim = x.shape[-1]
+    group_size = group_size or dim
+    if tuple(weight.shape) != (dim,) or (z is not None and z.shape != x.shape) or dim % group_size:
+        raise _shape_error("rms_norm", f"x, z (..., dim); weight (dim,); group_size dividing dim (got {group_size})",
+                           dict(x=x, z=z, weight=weight))
+    which = resolve_backend(backend, x.device)
+    fn = _triton_module().rms_norm_triton if which == "triton" else rms_norm_ref
+    return fn(x, weight, eps, z=z, group_size=group_size)
 
 
 # ---------------------------------------------------------------------------------------- shape checks

@@ -43,9 +43,12 @@ def _mamba1_prefill(m) -> list:
     """Mamba1Mixer.forward (no cache): u (Bsz, L, d_model) -> out (Bsz, L, d_model)."""
 
     def in_proj(e):
-        xz = m.in_proj(e["u"]).transpose(1, 2)  # (Bsz, 2D, L)
-        x, z = xz.chunk(2, dim=1)  # (Bsz, D, L) each
-        return {"res": e["res"], "x": x, "z": z}
+        u = e["u"]
+        bsz, seqlen, _ = u.shape
+        xz = (m.in_proj.weight @ u.reshape(bsz * seqlen, -1).t()).view(2 * m.d_inner, bsz, seqlen).permute(1, 0, 2)
+        if m.in_proj.bias is not None:
+            xz = xz + m.in_proj.bias[:, None]
+        return {"res": e["res"], "x": xz[:, :m.d_inner], "z": xz[:, m.d_inner:]}  # (Bsz, D, L) each
 
     def conv1d(e):
         x, _ = ops.causal_conv1d(e["x"], m._conv_weight(), m.conv1d.bias, activation="silu",
@@ -53,16 +56,15 @@ def _mamba1_prefill(m) -> list:
         return {**e, "x": x}
 
     def x_proj(e):
-        dt, B, C = m._split_xproj(m.x_proj(e["x"].transpose(1, 2)))  # (Bsz, L, R | N | N)
-        return {**e, "dt": dt, "B": B, "C": C}
+        return {**e, "x_dbl": m.x_proj.weight @ e["x"]}  # (Bsz, R + 2N, L)
 
     def dt_proj(e):
-        return {**e, "dt": F.linear(e["dt"], m.dt_proj.weight).transpose(1, 2)}  # (Bsz, D, L)
+        return {**e, "dt": m.dt_proj.weight @ e["x_dbl"][:, :m.dt_rank]}  # (Bsz, D, L)
 
     def ssm(e):
-        A = -torch.exp(m.A_log.float())  # (D, N)
-        y, _ = ops.selective_scan(e["x"], e["dt"], A, e["B"].transpose(1, 2), e["C"].transpose(1, 2),
-                                  D=m.D.float(), z=e["z"], delta_bias=m.dt_proj.bias.float(), delta_softplus=True,
+        r, n = m.dt_rank, m.d_state
+        y, _ = ops.selective_scan(e["x"], e["dt"], m.neg_exp_A(), e["x_dbl"][:, r:r + n], e["x_dbl"][:, r + n:],
+                                  D=m.D, z=e["z"], delta_bias=m.dt_proj.bias, delta_softplus=True,
                                   return_last_state=True, backend=m.backend)  # (Bsz, D, L), gate fused
         return {"res": e["res"], "y": y}
 
@@ -94,9 +96,8 @@ def _mamba1_decode(m, cache) -> list:
         return {**e, "dt": F.linear(e["dt"], m.dt_proj.weight)}  # (Bsz, D)
 
     def ssm(e):
-        A = -torch.exp(m.A_log.float())
-        y = ops.selective_state_update(cache.ssm_states[li], e["x"], e["dt"], A, e["B"], e["C"], D=m.D.float(),
-                                       z=e["z"], dt_bias=m.dt_proj.bias.float(), dt_softplus=True, backend=m.backend)
+        y = ops.selective_state_update(cache.ssm_states[li], e["x"], e["dt"], m.neg_exp_A(), e["B"], e["C"], D=m.D,
+                                       z=e["z"], dt_bias=m.dt_proj.bias, dt_softplus=True, backend=m.backend)
         return {"res": e["res"], "y": y}
 
     def out_proj(e):
@@ -123,11 +124,10 @@ def _mamba2_prefill(m) -> list:
     def ssm(e):
         x = e["x"]
         bsz, seqlen = x.shape[:2]
-        A = -torch.exp(m.A_log.float())  # (H,)
         y, _ = ops.ssd(
-            x.reshape(bsz, seqlen, m.nheads, m.headdim), e["dt"], A,
+            x.reshape(bsz, seqlen, m.nheads, m.headdim), e["dt"], m.neg_exp_A(),
             e["B"].reshape(bsz, seqlen, m.ngroups, m.d_state), e["C"].reshape(bsz, seqlen, m.ngroups, m.d_state),
-            m.config.chunk_size, D=m.D.float(), dt_bias=m.dt_bias.float(), dt_softplus=True,
+            m.config.chunk_size, D=m.D, dt_bias=m.dt_bias, dt_softplus=True,
             return_final_states=True, dt_limit=m.config.dt_limit, backend=m.backend)  # (Bsz, L, H, P)
         return {"res": e["res"], "z": e["z"], "y": y}
 
@@ -158,11 +158,10 @@ def _mamba2_decode(m, cache) -> list:
 
     def ssm(e):
         bsz = e["x"].shape[0]
-        A = -torch.exp(m.A_log.float())
         y = ops.selective_state_update(
-            cache.ssm_states[li], e["x"].reshape(bsz, m.nheads, m.headdim), e["dt"], A,
+            cache.ssm_states[li], e["x"].reshape(bsz, m.nheads, m.headdim), e["dt"], m.neg_exp_A(),
             e["B"].reshape(bsz, m.ngroups, m.d_state), e["C"].reshape(bsz, m.ngroups, m.d_state),
-            D=m.D.float(), dt_bias=m.dt_bias.float(), dt_softplus=True, dt_limit=m.config.dt_limit,
+            D=m.D, dt_bias=m.dt_bias, dt_softplus=True, dt_limit=m.config.dt_limit,
             backend=m.backend)  # (Bsz, H, P)
         return {"res": e["res"], "z": e["z"], "y": y}
 

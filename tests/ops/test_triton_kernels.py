@@ -49,6 +49,7 @@ finally:
     _restore_env()
 
 from perfmamba.ops.conv_ref import causal_conv1d_ref, causal_conv1d_update_ref  # noqa: E402
+from perfmamba.ops.norm_ref import rms_norm_ref  # noqa: E402
 from perfmamba.ops.scan_ref import selective_scan_ref, selective_state_update_ref, ssd_loop_ref  # noqa: E402
 
 # If triton was imported earlier in this session without the interpreter, its library functions are
@@ -121,14 +122,14 @@ def ssd_case(bsz, seqlen, nheads, headdim, groups, n, d_shape, has_z, has_init, 
     return out
 
 
-def check_scan(c, tol, out=None):
+def check_scan(c, tol, out=None, splits=None):
     args = (c["u"], c["delta"], c["A"], c["B"], c["C"])
     kw = dict(D=c["D"], z=c["z"], delta_bias=c["delta_bias"], delta_softplus=True, return_last_state=True)
-    if out is None:
+    if out is None and splits is None:
         y, h = ops.selective_scan(*args, **kw, backend="triton")
     else:
         from perfmamba.ops.triton import selective_scan_triton
-        y, h = selective_scan_triton(*args, **kw, out=out)
+        y, h = selective_scan_triton(*args, **kw, out=out, splits=splits)
     f32 = {k: (v.float() if v is not None else None) for k, v in c.items()}
     yr, hr = selective_scan_ref(f32["u"], f32["delta"], f32["A"], f32["B"], f32["C"], **kw)
     assert y.dtype == c["u"].dtype and h.dtype == torch.float32
@@ -136,15 +137,15 @@ def check_scan(c, tol, out=None):
     assert rel_err(h, hr) < tol
 
 
-def check_ssd(c, chunk, tol, out=None, dt_limit=(0.0, INF)):
+def check_ssd(c, chunk, tol, out=None, dt_limit=(0.0, INF), splits=None):
     args = (c["x"], c["dt"], c["A"], c["B"], c["C"])
     kw = dict(D=c["D"], z=c["z"], dt_bias=c["dt_bias"], dt_softplus=True, initial_states=c["initial_states"],
               return_final_states=True, dt_limit=dt_limit)
-    if out is None:
+    if out is None and splits is None:
         y, h = ops.ssd(*args, chunk, **kw, backend="triton")
     else:
         from perfmamba.ops.triton import ssd_triton
-        y, h = ssd_triton(*args, chunk, **kw, out=out)
+        y, h = ssd_triton(*args, chunk, **kw, out=out, splits=splits)
     f32 = {k: (v.float() if v is not None else None) for k, v in c.items()}
     yr, hr = ssd_loop_ref(f32["x"], f32["dt"], f32["A"], f32["B"], f32["C"], **kw)
     assert y.dtype == c["x"].dtype and h.dtype == torch.float32
@@ -179,6 +180,12 @@ class TestSelectiveScanInterpreted:
         yr, hr = selective_scan_ref(*args, **kw)
         assert rel_err(y, yr) < 1e-5 and rel_err(h, hr) < 1e-5
 
+    @pytest.mark.parametrize("splits,seqlen", [(3, 20), (4, 9), (2, 2)])
+    def test_split_sequence(self, splits, seqlen):
+        # split-L: segments scanned from zero, states passed along, segments rescanned (odd last segment)
+        c = scan_case(2, 6, seqlen, 7, 2, True, True, True, seed=splits + seqlen)
+        check_scan(c, 1e-5, out=torch.full_like(c["u"], float("nan")), splits=splits)
+
     def test_no_last_state(self):
         c = scan_case(1, 4, 5, 3, 1, False, False, False, seed=11)
         y = ops.selective_scan(c["u"], c["delta"], c["A"], c["B"], c["C"], backend="triton")
@@ -201,6 +208,12 @@ class TestSSDInterpreted:
     def test_headdim_not_power_of_two_and_dt_limit(self):
         c = ssd_case(2, 37, 2, 24, 2, 16, "h", True, True, seed=13)
         check_ssd(c, 16, 1e-5, out=torch.full_like(c["x"], float("nan")), dt_limit=(0.05, 0.8))
+
+    @pytest.mark.parametrize("splits,seqlen,has_init", [(3, 70, True), (2, 33, False), (5, 64, True)])
+    def test_split_sequence(self, splits, seqlen, has_init):
+        # split-L with segments of whole 32-step blocks; the initial state enters the first segment only
+        c = ssd_case(2, seqlen, 2, 16, 1, 13, "hp", True, has_init, seed=splits + seqlen)
+        check_ssd(c, 64, 1e-5, out=torch.full_like(c["x"], float("nan")), splits=splits)
 
     def test_every_output_written(self):
         c = ssd_case(1, 70, 2, 32, 1, 7, "h", False, True, seed=17)
@@ -239,6 +252,31 @@ class TestConvInterpreted:
         yr = causal_conv1d_update_ref(x, state_ref, w, b, activation)
         assert rel_err(y, yr) < 1e-5
         assert torch.equal(state, state_ref)
+
+
+def check_norm(x, w, z=None, group_size=None, tol=1e-5):
+    y = ops.rms_norm(x, w, 1e-5, z=z, group_size=group_size, backend="triton")
+    yr = rms_norm_ref(x, w, 1e-5, z=z, group_size=group_size)
+    assert y.dtype == w.dtype and y.shape == x.shape
+    assert rel_err(y, yr) < tol
+
+
+@interpreted
+class TestRMSNormInterpreted:
+    @pytest.mark.parametrize("dim,group_size", [(8, None), (24, None), (24, 12), (20, 5)])
+    @pytest.mark.parametrize("gated", [False, True])
+    def test_norm(self, dim, group_size, gated):
+        g = _gen(dim + (group_size or 0))
+        x = torch.randn(3, 5, dim, generator=g) * 3
+        z = torch.randn(3, 5, dim, generator=g) if gated else None
+        check_norm(x, torch.randn(dim, generator=g), z, group_size)
+
+    def test_strided_rows(self):
+        # z as a slice of a wider projection output (rows strided, channels contiguous)
+        g = _gen(1)
+        wide = torch.randn(2, 7, 40, generator=g)
+        x, z = wide[..., :16], wide[..., 16:32]
+        check_norm(x, torch.randn(16, generator=g), z, 8)
 
 
 @interpreted
@@ -291,6 +329,7 @@ class TestKernelsOnGPU:
     def test_selective_scan(self, dtype, tol, n, seqlen, groups):
         c = scan_case(2, 128, seqlen, n, groups, True, True, True, device="cuda", dtype=dtype, seed=n)
         check_scan(c, tol, out=torch.full_like(c["u"], float("nan")))
+        check_scan(c, tol, out=torch.full_like(c["u"], float("nan")), splits=5)  # split-L
 
     @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
     @pytest.mark.parametrize("n,seqlen,groups,headdim", [(64, 257, 1, 64), (97, 4096, 2, 32), (128, 257, 2, 128),
@@ -298,6 +337,24 @@ class TestKernelsOnGPU:
     def test_ssd(self, dtype, tol, n, seqlen, groups, headdim):
         c = ssd_case(2, seqlen, 4, headdim, groups, n, "h", True, True, device="cuda", dtype=dtype, seed=n)
         check_ssd(c, 256, tol, out=torch.full_like(c["x"], float("nan")))
+        check_ssd(c, 256, tol, out=torch.full_like(c["x"], float("nan")), splits=5)  # split-L
+
+    @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+    def test_norms(self, dtype, tol):
+        x = torch.randn(2, 300, 1536, device="cuda", dtype=dtype)
+        z = torch.randn(2, 300, 1536, device="cuda", dtype=dtype)
+        w = torch.randn(1536, device="cuda", dtype=dtype)
+        check_norm(x, w, tol=tol)
+        check_norm(x, w, z, 768, tol=tol)
+
+    def test_conv_channels_last(self):
+        # Mamba-2 passes a transposed slice of in_proj's output; y keeps that layout
+        wide = torch.randn(2, 257, 200, device="cuda", dtype=torch.bfloat16)
+        x = wide[..., 8:168].transpose(1, 2)  # (2, 160, 257), channel stride 1
+        w = torch.randn(160, 4, device="cuda")
+        y, st = ops.causal_conv1d(x, w, None, "silu", True, backend="triton")
+        yr, sr = causal_conv1d_ref(x, w, None, "silu", True)
+        assert y.stride(1) == 1 and rel_err(y, yr) < 1e-2 and torch.equal(st, sr)
 
     def test_conv_and_updates(self):
         x = torch.randn(2, 96, 257, device="cuda", dtype=torch.bfloat16)

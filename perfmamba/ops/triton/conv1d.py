@@ -83,11 +83,19 @@ def causal_conv1d_triton(x, weight, bias=None, activation=None, return_final_sta
         raise ValueError(f"unknown activation {activation!r}; use 'silu' or None")
     bsz, dim, seqlen = x.shape
     width = weight.shape[-1]
-    y = out if out is not None else torch.empty_like(x)
+    channels_last = x.stride(1) == 1 and seqlen > 1  # e.g. a slice of Mamba-2's in_proj output, transposed
+    if out is not None:
+        y = out
+    elif channels_last:  # y in the input's layout, so that the caller's views of it need no copies
+        y = torch.empty(bsz, seqlen, dim, device=x.device, dtype=x.dtype).transpose(1, 2)
+    else:
+        y = torch.empty_like(x, memory_format=torch.contiguous_format)
     state = torch.empty(bsz, dim, width, device=x.device, dtype=x.dtype) if return_final_state else None
     bias = bias.contiguous() if bias is not None else None
     if interpreting():
         block_d, block_l = min(64, next_pow2(dim)), min(256, next_pow2(max(seqlen, 1)))
+    elif channels_last:  # 64 channels = 128 contiguous bytes per step (bf16)
+        block_d, block_l = 64, min(32, max(16, next_pow2(seqlen)))
     else:
         block_d, block_l = 16, min(128, max(16, next_pow2(seqlen)))
     grid = (bsz, triton.cdiv(dim, block_d), max(1, triton.cdiv(seqlen, block_l)))

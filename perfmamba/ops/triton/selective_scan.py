@@ -51,16 +51,32 @@ def pick_config(key, candidates, launch):
         return _TUNED[key]
     if interpreting() or len(candidates) == 1 or torch.cuda.is_current_stream_capturing():
         return candidates[0]
-    import triton.testing
     times = []
     for cfg in candidates:
         try:
-            times.append((triton.testing.do_bench(lambda: launch(cfg), warmup=5, rep=20, return_mode="median"), cfg))
+            times.append((_median_ms(lambda: launch(cfg)), cfg))
         except Exception:  # noqa: BLE001 - a configuration that fails to compile (resources) is skipped
             continue
     best = min(times, key=lambda t: t[0])[1] if times else candidates[0]
     _TUNED[key] = best
     return best
+
+
+def _median_ms(fn, repeats: int = 10) -> float:
+    """Median time of ``fn`` in ms from CUDA events, after one untimed call (which compiles).
+
+    Used instead of triton.testing.do_bench, which allocates a 256 MB buffer to flush the L2 cache: that
+    buffer would show up in the peak memory of whichever forward pass happened to tune a kernel.
+    """
+    fn()
+    torch.cuda.synchronize()
+    pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+    for start, end in pairs:
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return sorted(start.elapsed_time(end) for start, end in pairs)[repeats // 2]
 
 
 @triton.jit
@@ -77,8 +93,8 @@ def _scan_combine(a1, b1, a2, b2):
 
 @triton.jit
 def _selective_scan_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, Dp_ptr, z_ptr, dtb_ptr, y_ptr, hlast_ptr,
-    L, DG, G,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, Dp_ptr, z_ptr, dtb_ptr, y_ptr, hlast_ptr, h0_ptr, dts_ptr,
+    L, DG, G, SEG,
     s_ub, s_ud, s_ul,  # u (Bsz, D, L)
     s_tb, s_td, s_tl,  # delta (Bsz, D, L)
     s_ad, s_an,  # A (D, N)
@@ -86,15 +102,26 @@ def _selective_scan_kernel(
     s_cb, s_cg, s_cn, s_cl,  # C (Bsz, G, N, L)
     s_zb, s_zd, s_zl,  # z (Bsz, D, L)
     s_yb, s_yd, s_yl,  # y (Bsz, D, L)
-    s_hb, s_hd, s_hn,  # last state (Bsz, D, N)
+    s_hb, s_hs, s_hd, s_hn,  # state leaving each segment (Bsz, S, D, N); S = 1 without splits
+    s_ib, s_is, s_id, s_in,  # state entering each segment (Bsz, S, D, N)
+    s_sb, s_ss, s_sd,  # sum of delta over each segment (Bsz, S, D)
     N: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    STORE_STATE: tl.constexpr,
+    STORE_STATE: tl.constexpr, HAS_INIT: tl.constexpr, STATES_ONLY: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, N_IN: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):
     pid_bg = tl.program_id(0)
     pid_d = tl.program_id(1)
+    seg = tl.program_id(2)  # which segment of the sequence (split-L mode; 0 otherwise)
+    # SEG counts whole tiles; without splits the loop bounds are plainly (0, L), as runtime bounds cost
+    # registers (see ssd.py)
+    if SPLIT:
+        l_begin = seg * SEG * BLOCK_L
+        l_end = tl.minimum(l_begin + SEG * BLOCK_L, L)
+    else:
+        l_begin = 0
+        l_end = L
     b = pid_bg // G
     g = pid_bg % G
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # channel inside the group
@@ -120,7 +147,13 @@ def _selective_scan_kernel(
     if HAS_D:
         d_skip = tl.load(Dp_ptr + chan, mask=d_mask, other=0.0).to(tl.float32)
 
-    h = tl.zeros((N_OUT, BLOCK_D, N_IN), dtype=tl.float32)  # running state of the block's channels
+    st_mask = n_mask3 & (d3 < DG)
+    if HAS_INIT:  # the state entering this segment (computed by the state-passing pass)
+        h = tl.load(h0_ptr + b * s_ib + seg * s_is + chan3 * s_id + n3 * s_in, mask=st_mask, other=0.0)
+    else:
+        h = tl.zeros((N_OUT, BLOCK_D, N_IN), dtype=tl.float32)  # running state of the block's channels
+    if STATES_ONLY:
+        dt_sum = tl.zeros((BLOCK_D,), dtype=tl.float32)
     u_base = u_ptr + b * s_ub + chan[None, :] * s_ud
     t_base = dt_ptr + b * s_tb + chan[None, :] * s_td
     y_base = y_ptr + b * s_yb + chan[None, :] * s_yd
@@ -132,12 +165,12 @@ def _selective_scan_kernel(
     rows4 = rows[:, None, None, None]  # (BLOCK_L, 1, 1, 1)
     last_row = rows4 == BLOCK_L - 1
 
-    for l0 in tl.range(0, L, BLOCK_L, num_stages=NUM_STAGES):
+    for l0 in tl.range(l_begin, l_end, BLOCK_L, num_stages=NUM_STAGES):
         offs_l = l0 + rows
-        l_mask = offs_l < L
+        l_mask = offs_l < l_end
         ld_mask = l_mask[:, None] & d_mask[None, :]  # (BLOCK_L, BLOCK_D)
         l4 = l0 + rows4
-        ln_mask = (l4 < L) & n_mask3[None]  # (BLOCK_L, N_OUT, 1, N_IN)
+        ln_mask = (l4 < l_end) & n_mask3[None]  # (BLOCK_L, N_OUT, 1, N_IN)
         u = tl.load(u_base + offs_l[:, None] * s_ul, mask=ld_mask, other=0.0).to(tl.float32)
         dt = tl.load(t_base + offs_l[:, None] * s_tl, mask=ld_mask, other=0.0).to(tl.float32)
         # B and C are loaded already broadcast over BLOCK_D (same address across those lanes: one
@@ -148,7 +181,6 @@ def _selective_scan_kernel(
         shape4: tl.constexpr = (BLOCK_L, N_OUT, BLOCK_D, N_IN)
         m4 = tl.broadcast_to(ln_mask, shape4)
         Bt = tl.load(tl.broadcast_to(B_base[None] + l4 * s_bl, shape4), mask=m4, other=0.0).to(tl.float32)
-        Ct = tl.load(tl.broadcast_to(C_base[None] + l4 * s_cl, shape4), mask=m4, other=0.0).to(tl.float32)
         if HAS_DT_BIAS:
             dt = dt + dt_bias[None, :]
         if SOFTPLUS:
@@ -165,18 +197,23 @@ def _selective_scan_kernel(
         else:
             a_cum, hs = tl.associative_scan((a, bx), 0, _scan_combine)
         hs = hs + a_cum * h[None]  # fold in the state entering the tile
-        yt = tl.sum(tl.sum(hs * Ct, axis=1), axis=2)  # (BLOCK_L, BLOCK_D)
         h = tl.sum(tl.where(last_row, hs, 0.0), axis=0)
-
-        if HAS_D:
-            yt += u * d_skip[None, :]
-        if HAS_Z:
-            zt = tl.load(z_base + offs_l[:, None] * s_zl, mask=ld_mask, other=0.0).to(tl.float32)
-            yt = yt * zt * tl.sigmoid(zt)
-        tl.store(y_base + offs_l[:, None] * s_yl, yt.to(y_ptr.dtype.element_ty), mask=ld_mask)
+        if STATES_ONLY:
+            dt_sum += tl.sum(dt, axis=0)
+        else:
+            Ct = tl.load(tl.broadcast_to(C_base[None] + l4 * s_cl, shape4), mask=m4, other=0.0).to(tl.float32)
+            yt = tl.sum(tl.sum(hs * Ct, axis=1), axis=2)  # (BLOCK_L, BLOCK_D)
+            if HAS_D:
+                yt += u * d_skip[None, :]
+            if HAS_Z:
+                zt = tl.load(z_base + offs_l[:, None] * s_zl, mask=ld_mask, other=0.0).to(tl.float32)
+                yt = yt * zt * tl.sigmoid(zt)
+            tl.store(y_base + offs_l[:, None] * s_yl, yt.to(y_ptr.dtype.element_ty), mask=ld_mask)
 
     if STORE_STATE:
-        tl.store(hlast_ptr + b * s_hb + chan3 * s_hd + n3 * s_hn, h, mask=n_mask3 & (d3 < DG))
+        tl.store(hlast_ptr + b * s_hb + seg * s_hs + chan3 * s_hd + n3 * s_hn, h, mask=st_mask)
+    if STATES_ONLY:
+        tl.store(dts_ptr + b * s_sb + seg * s_ss + chan * s_sd, dt_sum, mask=d_mask)
 
 
 def _scan_configs(n_state: int, seqlen: int, channels_per_group: int):
@@ -206,13 +243,15 @@ def _scan_configs(n_state: int, seqlen: int, channels_per_group: int):
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                          return_last_state=False, out=None, config=None):
+                          return_last_state=False, out=None, config=None, splits=None):
     """Same arguments, shapes and results as ``selective_scan_ref``.
 
     u, delta, z: (Bsz, D, L); A: (D, N); B, C: (Bsz, N, L) or (Bsz, G, N, L); D, delta_bias: (D,).
     ``out`` (Bsz, D, L) may be passed to receive y (tests pre-fill it with NaN); ``config`` overrides the
-    (BLOCK_L, BLOCK_D, N_IN, num_warps, num_stages) choice.
+    (BLOCK_L, BLOCK_D, N_IN, num_warps, num_stages) choice; ``splits`` the number of sequence segments
+    run in parallel (``perfmamba.ops.triton.split``; default: enough to fill the GPU).
     """
+    from perfmamba.ops.triton import split as split_l
     bsz, dim, seqlen = u.shape
     n_state = A.shape[1]
     Bg = B if B.dim() == 4 else B.unsqueeze(1)  # (Bsz, G, N, L)
@@ -228,7 +267,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         z = z.contiguous()
     D = D.contiguous() if D is not None else None  # indexed by channel with stride 1
     delta_bias = delta_bias.contiguous() if delta_bias is not None else None
-    y = out if out is not None else torch.empty_like(u)
+    y = out if out is not None else torch.empty(bsz, dim, seqlen, device=u.device, dtype=u.dtype)
     hlast = (torch.empty(bsz, dim, n_state, device=u.device, dtype=torch.float32)
              if return_last_state else None)
     if seqlen == 0:
@@ -237,25 +276,47 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         return (y, hlast) if return_last_state else y
     block_n = max(2, next_pow2(n_state))
     zz = z if z is not None else u
-    hh = hlast if hlast is not None else u
+    f32 = dict(device=u.device, dtype=torch.float32)
 
-    def launch(cfg):
+    def kernel(cfg, grid, seg, h_out, h_in, dt_sums, states_only):
         block_l, block_d, n_in, num_warps, num_stages = cfg
-        grid = (bsz * groups, triton.cdiv(dg, block_d))
         _selective_scan_kernel[grid](
-            u, delta, A, Bg, Cg, D if D is not None else u, zz, delta_bias if delta_bias is not None else u, y, hh,
-            seqlen, dg, groups,
+            u, delta, A, Bg, Cg, D if D is not None else u, zz, delta_bias if delta_bias is not None else u, y,
+            h_out if h_out is not None else u, h_in if h_in is not None else u,
+            dt_sums if dt_sums is not None else u,
+            seqlen, dg, groups, seg // block_l,
             *u.stride(), *delta.stride(), *A.stride(), *Bg.stride(), *Cg.stride(), *zz.stride(), *y.stride(),
-            *(hlast.stride() if hlast is not None else (0, 0, 0)),
+            *split_l.seg_strides(h_out, 4), *split_l.seg_strides(h_in, 4),
+            *(dt_sums.stride() if dt_sums is not None else (0, 0, 0)),
             N=n_state, HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), STORE_STATE=return_last_state,
+            SOFTPLUS=bool(delta_softplus), STORE_STATE=h_out is not None, HAS_INIT=h_in is not None,
+            STATES_ONLY=states_only, SPLIT=grid[2] > 1,
             BLOCK_L=block_l, BLOCK_N=block_n, BLOCK_D=block_d, N_IN=n_in, NUM_STAGES=num_stages,
             num_warps=num_warps,
         )
 
+    def launch(cfg):
+        block_l, block_d = cfg[0], cfg[1]
+        programs = bsz * groups * triton.cdiv(dg, block_d)
+        nseg = splits if splits is not None else split_l.pick_splits(programs, seqlen, block_l, u.device)
+        seg, nseg = split_l.segment_length(seqlen, nseg, block_l)
+        if nseg == 1:
+            kernel(cfg, (bsz * groups, triton.cdiv(dg, block_d), 1), seg,
+                   hlast.unsqueeze(1) if hlast is not None else None, None, None, False)
+            return
+        grid = (bsz * groups, triton.cdiv(dg, block_d), nseg)
+        h_out = torch.empty(bsz, nseg, dim, n_state, **f32)
+        dt_sums = torch.empty(bsz, nseg, dim, **f32)
+        kernel(cfg, grid, seg, h_out, None, dt_sums, True)
+        # decay of state n of channel d over a segment: exp2(log2(e) A[d, n] * sum(delta))
+        coef = (A.float() * split_l.LOG2E).reshape(-1).contiguous()
+        h_in = split_l.state_passing(h_out, dt_sums, n_state, coef=coef, final=hlast)
+        kernel(cfg, grid, seg, None, h_in, None, False)
+
     if config is None:
         # the candidates are timed once per shape class on the live inputs (see pick_config)
-        key = ("scan", block_n, next_pow2(dg), next_pow2(seqlen), bsz * groups, u.dtype, Bg.dtype, z is not None)
+        key = ("scan", block_n, next_pow2(dg), next_pow2(seqlen), bsz * groups, u.dtype, Bg.dtype, z is not None,
+               splits)
         config = pick_config(key, _scan_configs(n_state, seqlen, dg), launch)
     launch(config)
     return (y, hlast) if return_last_state else y

@@ -32,24 +32,35 @@ from perfmamba.ops.triton.selective_scan import interpreting, next_pow2, pick_co
 
 @triton.jit
 def _ssd_fused_kernel(
-    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, h0_ptr, y_ptr, hT_ptr,
-    L, H, P, HEADS_PER_GROUP, dt_min, dt_max,
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, h0_ptr, y_ptr, hT_ptr, asum_ptr,
+    L, H, P, HEADS_PER_GROUP, dt_min, dt_max, SEG,
     s_xb, s_xl, s_xh, s_xp,  # x (Bsz, L, H, P)
     s_tb, s_tl, s_th,  # dt (Bsz, L, H)
     s_bb, s_bl, s_bg, s_bn,  # B (Bsz, L, G, N)
     s_cb, s_cl, s_cg, s_cn,  # C (Bsz, L, G, N)
     s_dh, s_dp,  # D (H,) -> s_dp = 0, or (H, P)
     s_zb, s_zl, s_zh, s_zp,  # z (Bsz, L, H, P)
-    s_ib, s_ih, s_ip, s_in,  # initial state (Bsz, H, P, N)
+    s_ib, s_is, s_ih, s_ip, s_in,  # state entering each segment (Bsz, S, H, P, N); S = 1 without splits
     s_yb, s_yl, s_yh, s_yp,  # y (Bsz, L, H, P)
-    s_fb, s_fh, s_fp, s_fn,  # final state (Bsz, H, P, N)
+    s_fb, s_fs, s_fh, s_fp, s_fn,  # state leaving each segment (Bsz, S, H, P, N)
+    s_ab, s_as,  # log2 decay over each segment (Bsz, S, H), H contiguous
     N: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    CLAMP_DT: tl.constexpr, HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr,
+    CLAMP_DT: tl.constexpr, HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, STATES_ONLY: tl.constexpr,
+    SPLIT: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     pid_p = tl.program_id(1)
+    seg = tl.program_id(2)  # which segment of the sequence (split-L mode; 0 otherwise)
+    # SEG counts whole tiles.  Without splits the loop bounds are plainly (0, L): runtime bounds measurably
+    # raise register pressure (spills at N = 128), so the split case gets its own specialization.
+    if SPLIT:
+        l_begin = seg * SEG * BLOCK_T
+        l_end = tl.minimum(l_begin + SEG * BLOCK_T, L)
+    else:
+        l_begin = 0
+        l_end = L
     b = pid_bh // H
     head = pid_bh % H
     grp = head // HEADS_PER_GROUP
@@ -69,7 +80,7 @@ def _ssd_fused_kernel(
 
     # h^T: the running state, N x BLOCK_P, fp32
     if HAS_INIT:
-        h = tl.load(h0_ptr + b * s_ib + head * s_ih + offs_p[None, :] * s_ip + offs_n[:, None] * s_in,
+        h = tl.load(h0_ptr + b * s_ib + seg * s_is + head * s_ih + offs_p[None, :] * s_ip + offs_n[:, None] * s_in,
                     mask=np_mask, other=0.0).to(tl.float32)
     else:
         h = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
@@ -84,9 +95,10 @@ def _ssd_fused_kernel(
     causal = offs_t[:, None] >= offs_t[None, :]  # (T, T): s <= t
     is_last = offs_t == BLOCK_T - 1
 
-    for c0 in range(0, L, BLOCK_T):
+    a_total = 0.0  # log2 decay over the segment (STATES_ONLY)
+    for c0 in range(l_begin, l_end, BLOCK_T):
         t = c0 + offs_t
-        t_mask = t < L
+        t_mask = t < l_end
         dt = tl.load(dt_base + t * s_tl, mask=t_mask, other=0.0).to(tl.float32)  # (T,)
         if HAS_DT_BIAS:
             dt = dt + dt_bias
@@ -101,31 +113,38 @@ def _ssd_fused_kernel(
 
         tp_mask = t_mask[:, None] & p_mask[None, :]
         x = tl.load(x_base + t[:, None] * s_xl, mask=tp_mask, other=0.0)  # (T, BLOCK_P) input dtype
-        Cc = tl.load(C_base + t[:, None] * s_cl, mask=t_mask[:, None] & n_mask[None, :], other=0.0).to(x.dtype)
+        if not STATES_ONLY:
+            Cc = tl.load(C_base + t[:, None] * s_cl, mask=t_mask[:, None] & n_mask[None, :], other=0.0).to(x.dtype)
         Bt = tl.load(B_base + t[None, :] * s_bl, mask=n_mask[:, None] & t_mask[None, :], other=0.0).to(x.dtype)
 
-        # entering state: (T, N) @ (N, BLOCK_P), scaled by the decay up to each step
-        y = tl.dot(Cc, h.to(x.dtype), input_precision=PRECISION) * tl.exp2(acum)[:, None]
-        # the chunk itself: causal, decay-weighted C B^T times dt_s x_s
-        cb = tl.dot(Cc, Bt, input_precision=PRECISION)  # (T, T) fp32
-        seg = tl.where(causal, acum[:, None] - acum[None, :], -float("inf"))
-        scores = cb * tl.exp2(seg) * dt[None, :]
-        y = tl.dot(scores.to(x.dtype), x, acc=y, input_precision=PRECISION)
+        if not STATES_ONLY:
+            # entering state: (T, N) @ (N, BLOCK_P), scaled by the decay up to each step
+            y = tl.dot(Cc, h.to(x.dtype), input_precision=PRECISION) * tl.exp2(acum)[:, None]
+            # the chunk itself: causal, decay-weighted C B^T times dt_s x_s
+            cb = tl.dot(Cc, Bt, input_precision=PRECISION)  # (T, T) fp32
+            decay = tl.where(causal, acum[:, None] - acum[None, :], -float("inf"))
+            scores = cb * tl.exp2(decay) * dt[None, :]
+            y = tl.dot(scores.to(x.dtype), x, acc=y, input_precision=PRECISION)
+        else:
+            a_total += a_end
         # leaving state: decay h, add each step's dt B x^T decayed to the chunk end
         w = tl.exp2(a_end - acum) * dt  # (T,)
         Bw = (Bt.to(tl.float32) * w[None, :]).to(x.dtype)  # (N, T)
         h = tl.dot(Bw, x, acc=h * tl.exp2(a_end), input_precision=PRECISION)
 
-        if HAS_D:
-            y += x.to(tl.float32) * d_skip[None, :]
-        if HAS_Z:
-            zt = tl.load(z_base + t[:, None] * s_zl, mask=tp_mask, other=0.0).to(tl.float32)
-            y = y * zt * tl.sigmoid(zt)
-        tl.store(y_base + t[:, None] * s_yl, y.to(y_ptr.dtype.element_ty), mask=tp_mask)
+        if not STATES_ONLY:
+            if HAS_D:
+                y += x.to(tl.float32) * d_skip[None, :]
+            if HAS_Z:
+                zt = tl.load(z_base + t[:, None] * s_zl, mask=tp_mask, other=0.0).to(tl.float32)
+                y = y * zt * tl.sigmoid(zt)
+            tl.store(y_base + t[:, None] * s_yl, y.to(y_ptr.dtype.element_ty), mask=tp_mask)
 
     if STORE_FINAL:
-        tl.store(hT_ptr + b * s_fb + head * s_fh + offs_p[None, :] * s_fp + offs_n[:, None] * s_fn, h,
-                 mask=np_mask)
+        tl.store(hT_ptr + b * s_fb + seg * s_fs + head * s_fh + offs_p[None, :] * s_fp + offs_n[:, None] * s_fn,
+                 h, mask=np_mask)
+    if STATES_ONLY:
+        tl.store(asum_ptr + b * s_ab + seg * s_as + head, a_total, mask=pid_p == 0)
 
 
 def _ssd_configs(headdim: int, n_state: int, chunk_size: int):
@@ -143,14 +162,16 @@ def _ssd_configs(headdim: int, n_state: int, chunk_size: int):
 
 
 def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, initial_states=None,
-               return_final_states=False, dt_limit=(0.0, float("inf")), out=None, config=None):
+               return_final_states=False, dt_limit=(0.0, float("inf")), out=None, config=None, splits=None):
     """Same arguments, shapes and results as ``ssd_ref``.
 
     x, z: (Bsz, L, H, P); dt: (Bsz, L, H); A: (H,); B, C: (Bsz, L, G, N); D: (H,) or (H, P);
     dt_bias: (H,); initial_states: (Bsz, H, P, N).  Returns y (Bsz, L, H, P) in x's dtype and, with
     return_final_states, the final state (Bsz, H, P, N) in fp32.  ``out`` may receive y (tests pre-fill
-    it with NaN); ``config`` = (BLOCK_T, BLOCK_P, num_warps, num_stages) overrides the choice for tuning.
+    it with NaN); ``config`` = (BLOCK_T, BLOCK_P, num_warps, num_stages) overrides the choice for tuning;
+    ``splits`` the number of sequence segments run in parallel (default: enough to fill the GPU).
     """
+    from perfmamba.ops.triton import split as split_l
     bsz, seqlen, nheads, headdim = x.shape
     groups, n_state = B.shape[2], B.shape[3]
     # the P (x, z) and N (B, C) axes are read as contiguous vectors; other strides pass through
@@ -176,28 +197,47 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
     else:
         d_strides = (0, 0)
     zz = z if z is not None else x
-    h0 = initial_states if initial_states is not None else x
-    ff = final if final is not None else x
+    f32 = dict(device=x.device, dtype=torch.float32)
 
-    def launch(cfg):
+    def kernel(cfg, grid, seg, h_in, h_out, a_sums, states_only):
         block_t, block_p, num_warps, num_stages = cfg
-        grid = (bsz * nheads, triton.cdiv(headdim, block_p))
         _ssd_fused_kernel[grid](
-            x, dt, A, B, C, D if D is not None else x, zz, dt_bias if dt_bias is not None else x, h0, y, ff,
-            seqlen, nheads, headdim, nheads // groups, dt_min, dt_max,
+            x, dt, A, B, C, D if D is not None else x, zz, dt_bias if dt_bias is not None else x,
+            h_in if h_in is not None else x, y, h_out if h_out is not None else x,
+            a_sums if a_sums is not None else x,
+            seqlen, nheads, headdim, nheads // groups, dt_min, dt_max, seg // block_t,
             *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *d_strides, *zz.stride(),
-            *(initial_states.stride() if initial_states is not None else (0, 0, 0, 0)), *y.stride(),
-            *(final.stride() if final is not None else (0, 0, 0, 0)),
+            *split_l.seg_strides(h_in, 5), *y.stride(), *split_l.seg_strides(h_out, 5),
+            *(a_sums.stride()[:2] if a_sums is not None else (0, 0)),
             N=n_state, HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None,
-            SOFTPLUS=bool(dt_softplus), CLAMP_DT=clamp, HAS_INIT=initial_states is not None,
-            STORE_FINAL=return_final_states,
+            SOFTPLUS=bool(dt_softplus), CLAMP_DT=clamp, HAS_INIT=h_in is not None,
+            STORE_FINAL=h_out is not None, STATES_ONLY=states_only, SPLIT=grid[2] > 1,
             BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n,
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             num_warps=num_warps, num_stages=num_stages,
         )
 
+    def launch(cfg):
+        block_t, block_p = cfg[0], cfg[1]
+        programs = bsz * nheads * triton.cdiv(headdim, block_p)
+        nseg = splits if splits is not None else split_l.pick_splits(programs, seqlen, block_t, x.device)
+        seg, nseg = split_l.segment_length(seqlen, nseg, block_t)
+        if nseg == 1:
+            kernel(cfg, (bsz * nheads, triton.cdiv(headdim, block_p), 1), seg,
+                   initial_states.unsqueeze(1) if initial_states is not None else None,
+                   final.unsqueeze(1) if final is not None else None, None, False)
+            return
+        grid = (bsz * nheads, triton.cdiv(headdim, block_p), nseg)
+        h_out = torch.empty(bsz, nseg, nheads, headdim, n_state, **f32)
+        a_sums = torch.empty(bsz, nseg, nheads, **f32)
+        kernel(cfg, grid, seg, None, h_out, a_sums, True)
+        # a head's decay over a segment is one number, exp2 of its summed log2 decay
+        h_in = split_l.state_passing(h_out, a_sums, headdim * n_state, init=initial_states, final=final)
+        kernel(cfg, grid, seg, h_in, None, None, False)
+
     if config is None:
-        key = ("ssd", block_n, next_pow2(headdim), next_pow2(seqlen), bsz * nheads, x.dtype, z is not None)
+        key = ("ssd", block_n, next_pow2(headdim), next_pow2(seqlen), bsz * nheads, x.dtype, z is not None, splits)
         config = pick_config(key, _ssd_configs(headdim, n_state, int(chunk_size)), launch)
     launch(config)
     return (y, final) if return_final_states else y
+

@@ -1,0 +1,25 @@
+"""RMSNorm and Mamba-2's gated, group-wise RMSNorm in plain torch (the reference for the Triton kernel).
+
+The rounding follows transformers' MambaRMSNorm / MambaRMSNormGated: statistics in fp32, the normalized
+values cast to the weight's dtype, then multiplied by the weight in that dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float, z: Optional[torch.Tensor] = None,
+                 group_size: Optional[int] = None) -> torch.Tensor:
+    """x (..., dim) -> weight * normalize(x) in weight's dtype.  With z (same shape as x), x * SiLU(z) is
+    normalized instead; with group_size, statistics are taken per group of that many channels."""
+    h = x.float()
+    if z is not None:
+        h = h * F.silu(z.float())
+    group_size = group_size or h.shape[-1]
+    grouped = h.view(*h.shape[:-1], -1, group_size)  # (..., groups, group_size)
+    grouped = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * grouped.view_as(h).to(weight.dtype)

@@ -1,0 +1,109 @@
+"""Split-L: run a sequential scan on several segments of the sequence at once.
+
+The scan kernels give each program a block of channels and walk the whole sequence.  With a small batch
+there are too few programs to fill the GPU (a 130m-sized Mamba-1 layer at batch 1 has 96 blocks of 16
+channels for 132 SMs; a Mamba-2 layer 24 heads), and the time is the length of one long sequential walk.
+Split-L cuts the sequence into S segments and runs three launches:
+
+  1. every segment from a zero state, keeping only the state leaving it and its total decay
+     (log2 of prod_t exp(delta_t A), one number per channel or head);
+  2. ``state_passing``: a short sequential pass over the segments turns those into the state *entering*
+     each segment, h_in[s+1] = decay[s] * h_in[s] + h_out[s] (and the final state);
+  3. every segment again from its true entering state, writing y.
+
+Step 1 skips the output, so the cost is about 1.5x the work of one pass, spread over S times as many
+programs.  ``pick_splits`` only splits when the grid is too small for the device.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from perfmamba.ops.triton.selective_scan import interpreting
+
+LOG2E = 1.4426950408889634
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def pick_splits(programs: int, seqlen: int, block: int, device: torch.device, min_segment: int = 256) -> int:
+    """How many segments to cut the sequence into so that ``programs`` x segments fill the GPU.
+
+    Split only when the grid has fewer programs than the device has SMs (above that the kernels are
+    already throughput-bound, and the extra pass only costs: measured on an H100, SSD with 192 programs
+    went from 0.30 to 0.47 ms when split in 3), aiming at two programs per SM; never under the
+    interpreter or on short sequences (each segment keeps at least ``min_segment`` steps).
+    """
+    if interpreting() or device.type != "cuda":
+        return 1
+    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    if programs >= sms:
+        return 1
+    wanted = triton.cdiv(2 * sms, max(1, programs))
+    return max(1, min(wanted, seqlen // max(min_segment, block)))
+
+
+def segment_length(seqlen: int, splits: int, block: int) -> tuple[int, int]:
+    """(segment length, number of segments): segments are whole tiles of ``block`` steps."""
+    seg = triton.cdiv(triton.cdiv(seqlen, max(1, splits)), block) * block
+    return seg, triton.cdiv(seqlen, seg)
+
+
+def seg_strides(t, ndim: int) -> tuple:
+    """Strides of a per-segment state buffer (Bsz, S, ...), or ``ndim`` zeros when there is none."""
+    return tuple(t.stride()) if t is not None else (0,) * ndim
+
+
+@triton.jit
+def _state_passing_kernel(hseg_ptr, sums_ptr, coef_ptr, init_ptr, hin_ptr, final_ptr, S, E, ROW,
+                          HAS_COEF: tl.constexpr, HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr,
+                          BLOCK: tl.constexpr):
+    # one program: one batch row, BLOCK state elements (flattened, contiguous); sequential over segments
+    b = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < E
+    row = offs // ROW  # the decay is shared by ROW consecutive elements (one channel / one head)
+    rows_total = E // ROW
+    if HAS_COEF:
+        coef = tl.load(coef_ptr + offs, mask=mask, other=0.0)
+    if HAS_INIT:
+        h = tl.load(init_ptr + b.to(tl.int64) * E + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in range(S):
+        bs = (b * S + s).to(tl.int64)
+        tl.store(hin_ptr + bs * E + offs, h, mask=mask)
+        log2_decay = tl.load(sums_ptr + bs * rows_total + row, mask=mask, other=0.0)
+        if HAS_COEF:
+            log2_decay = log2_decay * coef
+        h = tl.exp2(log2_decay) * h + tl.load(hseg_ptr + bs * E + offs, mask=mask, other=0.0)
+    if STORE_FINAL:
+        tl.store(final_ptr + b.to(tl.int64) * E + offs, h, mask=mask)
+
+
+def state_passing(h_out, sums, row: int, coef=None, init=None, final=None):
+    """The state entering each segment, (Bsz, S, ...) like ``h_out``, and ``final`` filled when given.
+
+    h_out: (Bsz, S, E...) fp32 contiguous, the state leaving each segment from a zero start;
+    sums: (Bsz, S, E / row) fp32 contiguous, per-row sums whose exp2 (times ``coef`` (E,) when given) is
+    the segment's decay; init: (Bsz, E...) the state before the first segment; final: (Bsz, E...) out.
+    """
+    bsz, nseg = h_out.shape[:2]
+    numel = h_out[0, 0].numel()
+    h_in = torch.empty_like(h_out)
+    block = 1024 if not interpreting() else 64
+    grid = (bsz, triton.cdiv(numel, block))
+    _state_passing_kernel[grid](
+        h_out, sums, coef if coef is not None else sums, init.contiguous() if init is not None else sums, h_in,
+        final if final is not None else sums, nseg, numel, row,
+        HAS_COEF=coef is not None, HAS_INIT=init is not None, STORE_FINAL=final is not None, BLOCK=block,
+        num_warps=4,
+    )
+    return h_in
