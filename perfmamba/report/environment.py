@@ -12,6 +12,10 @@ import torch
 
 
 def git_revision(path: str | None = None) -> str | None:
+    """The checkout's short commit id; PERFMAMBA_GIT_REVISION overrides it (a copy of the tree run on another
+    machine may carry a stale .git)."""
+    if os.environ.get("PERFMAMBA_GIT_REVISION"):
+        return os.environ["PERFMAMBA_GIT_REVISION"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=path or os.getcwd(), capture_output=True,
                              text=True, timeout=5)

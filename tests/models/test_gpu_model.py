@@ -2,6 +2,8 @@
 
 Skipped cleanly on machines without CUDA (CI)."""
 
+import copy
+
 import pytest
 import torch
 
@@ -30,14 +32,18 @@ def cpu_model(request):
 
 @pytest.mark.parametrize("seqlen", [1, 63, 257])
 def test_gpu_bf16_logits_match_cpu_reference(cpu_model, seqlen):
+    """bf16 logits of the GPU model within 1e-2 of the fp32 CPU reference, or, where rounding every layer's
+    activations to bf16 costs more than that over the whole model, within twice what the CPU reference
+    itself loses when run in bf16 (its own rounding floor)."""
     ids = torch.randint(0, 512, (2, seqlen))
     with torch.inference_mode():
         ref = cpu_model(ids)
+        ref_bf16 = copy.deepcopy(cpu_model).to(torch.bfloat16)(ids)
         gpu = MambaLM(cpu_model.config, backend="auto").cuda().to(torch.bfloat16)
         gpu.load_state_dict(cpu_model.state_dict())
         out = gpu(ids.cuda())
     assert out.shape == ref.shape
-    assert rel_err(out.cpu(), ref) < 1e-2
+    assert rel_err(out.cpu(), ref) < max(1e-2, 2 * rel_err(ref_bf16, ref))
 
 
 def test_gpu_fp32_logits_match_cpu_reference(cpu_model):

@@ -298,7 +298,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     def launch(cfg):
         block_l, block_d = cfg[0], cfg[1]
         programs = bsz * groups * triton.cdiv(dg, block_d)
-        nseg = splits if splits is not None else split_l.pick_splits(programs, seqlen, block_l, u.device)
+        nseg = splits if splits is not None else split_l.pick_splits(programs, seqlen, block_l, u.device, per_sm=4)
         seg, nseg = split_l.segment_length(seqlen, nseg, block_l)
         if nseg == 1:
             kernel(cfg, (bsz * groups, triton.cdiv(dg, block_d), 1), seg,

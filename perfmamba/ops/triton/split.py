@@ -33,20 +33,22 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def pick_splits(programs: int, seqlen: int, block: int, device: torch.device, min_segment: int = 256) -> int:
+def pick_splits(programs: int, seqlen: int, block: int, device: torch.device, per_sm: int = 2,
+                min_segment: int = 256) -> int:
     """How many segments to cut the sequence into so that ``programs`` x segments fill the GPU.
 
     Split only when the grid has fewer programs than the device has SMs (above that the kernels are
     already throughput-bound, and the extra pass only costs: measured on an H100, SSD with 192 programs
-    went from 0.30 to 0.47 ms when split in 3), aiming at two programs per SM; never under the
-    interpreter or on short sequences (each segment keeps at least ``min_segment`` steps).
+    went from 0.30 to 0.47 ms when split in 3), aiming at ``per_sm`` programs per SM (measured best: 4 for
+    the Mamba-1 scan, 2 for SSD); never under the interpreter or on short sequences (each segment keeps at
+    least ``min_segment`` steps).
     """
     if interpreting() or device.type != "cuda":
         return 1
     sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     if programs >= sms:
         return 1
-    wanted = triton.cdiv(2 * sms, max(1, programs))
+    wanted = triton.cdiv(per_sm * sms, max(1, programs))
     return max(1, min(wanted, seqlen // max(min_segment, block)))
 
 
