@@ -234,6 +234,15 @@ class TestConvInterpreted:
         yr, sr = causal_conv1d_ref(x, w, b, activation, True, init)
         assert rel_err(y, yr) < 1e-5 and rel_err(st, sr) < 1e-5
 
+    def test_conv_channels_last_input_keeps_its_layout(self):
+        # Mamba-2 hands the conv a transposed slice of in_proj's output (channel stride 1)
+        wide = torch.randn(2, 33, 20)
+        x = wide[..., 2:14].transpose(1, 2)  # (2, 12, 33)
+        w = torch.randn(12, 4)
+        y, st = ops.causal_conv1d(x, w, None, "silu", True, backend="triton")
+        yr, sr = causal_conv1d_ref(x, w, None, "silu", True)
+        assert y.stride(1) == 1 and rel_err(y, yr) < 1e-5 and rel_err(st, sr) < 1e-5
+
     def test_conv_every_output_written(self):
         from perfmamba.ops.triton import causal_conv1d_triton
         x = torch.randn(2, 6, 33)

@@ -1,0 +1,21 @@
+"""Split-L bookkeeping (perfmamba/ops/triton/split.py); the kernels' split paths are tested against the
+reference in test_triton_kernels.py (splits forced on the CPU interpreter, automatic on a GPU)."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from perfmamba.ops.triton.split import pick_splits, segment_length  # noqa: E402
+
+
+@pytest.mark.parametrize("seqlen,splits,block", [(100, 3, 32), (4096, 7, 64), (5, 4, 1), (64, 1, 32), (33, 2, 32)])
+def test_segments_cover_the_sequence_in_whole_tiles(seqlen, splits, block):
+    seg, nseg = segment_length(seqlen, splits, block)
+    assert seg % block == 0
+    assert (nseg - 1) * seg < seqlen <= nseg * seg  # every step in exactly one segment, none empty
+    assert nseg <= splits
+
+
+def test_no_split_off_the_gpu():
+    assert pick_splits(1, 1 << 20, 32, torch.device("cpu")) == 1
