@@ -10,6 +10,9 @@ import torch
 # can import triton, so the CPU kernel tests in tests/ops/test_triton_kernels.py always run in CI.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# On a GPU every new shape class would otherwise compile and time each tile candidate; the tests check the
+# default configuration (the benchmarks check the tuned ones against the reference).
+os.environ.setdefault("PERFMAMBA_AUTOTUNE", "0")
 
 
 @torch.no_grad()

@@ -45,11 +45,14 @@ def pick_config(key, candidates, launch):
 
     ``launch(cfg)`` runs the kernel with one configuration (results are overwritten by the next run, so
     the kernels must be pure functions of their inputs, which they are).  The first candidate is used
-    without timing under the interpreter, during CUDA-graph capture, or when there is only one.
+    without timing under the interpreter, during CUDA-graph capture, when there is only one, or when the
+    environment sets PERFMAMBA_AUTOTUNE=0 (each candidate costs a compilation: faster start-up, and the
+    GPU tests use it to compile one configuration per shape).
     """
     if key in _TUNED:
         return _TUNED[key]
-    if interpreting() or len(candidates) == 1 or torch.cuda.is_current_stream_capturing():
+    if (interpreting() or len(candidates) == 1 or torch.cuda.is_current_stream_capturing()
+            or os.environ.get("PERFMAMBA_AUTOTUNE", "1") == "0"):
         return candidates[0]
     times = []
     for cfg in candidates:
