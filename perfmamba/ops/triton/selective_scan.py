@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import os
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -279,9 +281,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         return (y, hlast) if return_last_state else y
     block_n = max(2, next_pow2(n_state))
     zz = z if z is not None else u
-    f32 = dict(device=u.device, dtype=torch.float32)
 
-    def kernel(cfg, grid, seg, h_out, h_in, dt_sums, states_only):
+    def kernel(cfg, grid, seg, h_in, h_out, dt_sums, states_only):
         block_l, block_d, n_in, num_warps, num_stages = cfg
         _selective_scan_kernel[grid](
             u, delta, A, Bg, Cg, D if D is not None else u, zz, delta_bias if delta_bias is not None else u, y,
@@ -300,21 +301,12 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
 
     def launch(cfg):
         block_l, block_d = cfg[0], cfg[1]
-        programs = bsz * groups * triton.cdiv(dg, block_d)
-        nseg = splits if splits is not None else split_l.pick_splits(programs, seqlen, block_l, u.device, per_sm=4)
-        seg, nseg = split_l.segment_length(seqlen, nseg, block_l)
-        if nseg == 1:
-            kernel(cfg, (bsz * groups, triton.cdiv(dg, block_d), 1), seg,
-                   hlast.unsqueeze(1) if hlast is not None else None, None, None, False)
-            return
-        grid = (bsz * groups, triton.cdiv(dg, block_d), nseg)
-        h_out = torch.empty(bsz, nseg, dim, n_state, **f32)
-        dt_sums = torch.empty(bsz, nseg, dim, **f32)
-        kernel(cfg, grid, seg, h_out, None, dt_sums, True)
-        # decay of state n of channel d over a segment: exp2(log2(e) A[d, n] * sum(delta))
-        coef = (A.float() * split_l.LOG2E).reshape(-1).contiguous()
-        h_in = split_l.state_passing(h_out, dt_sums, n_state, coef=coef, final=hlast)
-        kernel(cfg, grid, seg, None, h_in, None, False)
+        split_l.run_segmented(
+            functools.partial(kernel, cfg),
+            (bsz * groups, triton.cdiv(dg, block_d)), bsz, seqlen, block_l, u.device, splits, (dim, n_state),
+            per_sm=4, final=hlast,
+            # decay of state n of channel d over a segment: exp2(log2(e) A[d, n] * sum(delta))
+            make_coef=lambda: (A.float() * split_l.LOG2E).reshape(-1).contiguous())
 
     if config is None:
         # the candidates are timed once per shape class on the live inputs (see pick_config)

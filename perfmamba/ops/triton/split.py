@@ -109,3 +109,31 @@ def state_passing(h_out, sums, row: int, coef=None, init=None, final=None):
         num_warps=4,
     )
     return h_in
+
+
+def run_segmented(kernel, grid, bsz, seqlen, block, device, splits, state_shape, per_sm=2, make_coef=None,
+                  init=None, final=None):
+    """Run a scan kernel whole or split-L (the three passes of the module doc); the shared launch logic.
+
+    ``kernel(grid, seg, h_in, h_out, sums, states_only)`` launches one pass: ``seg`` is the segment length
+    in steps, ``h_in`` / ``h_out`` per-segment states (Bsz, S, *state_shape) or None, ``sums`` the
+    per-segment log2-decay sums (Bsz, S, state_shape[0]).  ``grid`` is the (batch x blocks) part of the
+    grid; ``splits`` forces the number of segments (None: ``pick_splits``).  ``init`` / ``final`` are the
+    state before the sequence and the one to fill after it (Bsz, *state_shape), or None; ``make_coef()``
+    returns ``state_passing``'s ``coef`` (only called when the sequence is split).
+    """
+    programs = grid[0] * grid[1]
+    nseg = splits if splits is not None else pick_splits(programs, seqlen, block, device, per_sm=per_sm)
+    seg, nseg = segment_length(seqlen, nseg, block)
+    if nseg == 1:
+        kernel((*grid, 1), seg, init.unsqueeze(1) if init is not None else None,
+               final.unsqueeze(1) if final is not None else None, None, False)
+        return
+    f32 = dict(device=device, dtype=torch.float32)
+    h_out = torch.empty(bsz, nseg, *state_shape, **f32)
+    sums = torch.empty(bsz, nseg, state_shape[0], **f32)
+    kernel((*grid, nseg), seg, None, h_out, sums, True)
+    row = h_out[0, 0].numel() // state_shape[0]
+    coef = make_coef() if make_coef is not None else None
+    h_in = state_passing(h_out, sums, row, coef=coef, init=init, final=final)
+    kernel((*grid, nseg), seg, h_in, None, None, False)

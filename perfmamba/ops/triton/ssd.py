@@ -21,6 +21,7 @@ mamba_ssm's kernels) with fp32 accumulation; fp32 inputs use exact fp32 dots.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -197,7 +198,6 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
     else:
         d_strides = (0, 0)
     zz = z if z is not None else x
-    f32 = dict(device=x.device, dtype=torch.float32)
 
     def kernel(cfg, grid, seg, h_in, h_out, a_sums, states_only):
         block_t, block_p, num_warps, num_stages = cfg
@@ -219,21 +219,11 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
 
     def launch(cfg):
         block_t, block_p = cfg[0], cfg[1]
-        programs = bsz * nheads * triton.cdiv(headdim, block_p)
-        nseg = splits if splits is not None else split_l.pick_splits(programs, seqlen, block_t, x.device)
-        seg, nseg = split_l.segment_length(seqlen, nseg, block_t)
-        if nseg == 1:
-            kernel(cfg, (bsz * nheads, triton.cdiv(headdim, block_p), 1), seg,
-                   initial_states.unsqueeze(1) if initial_states is not None else None,
-                   final.unsqueeze(1) if final is not None else None, None, False)
-            return
-        grid = (bsz * nheads, triton.cdiv(headdim, block_p), nseg)
-        h_out = torch.empty(bsz, nseg, nheads, headdim, n_state, **f32)
-        a_sums = torch.empty(bsz, nseg, nheads, **f32)
-        kernel(cfg, grid, seg, None, h_out, a_sums, True)
-        # a head's decay over a segment is one number, exp2 of its summed log2 decay
-        h_in = split_l.state_passing(h_out, a_sums, headdim * n_state, init=initial_states, final=final)
-        kernel(cfg, grid, seg, h_in, None, None, False)
+        # a head's decay over a segment is one number, exp2 of its summed log2 decay (no coefficient)
+        split_l.run_segmented(
+            functools.partial(kernel, cfg),
+            (bsz * nheads, triton.cdiv(headdim, block_p)), bsz, seqlen, block_t, x.device, splits,
+            (nheads, headdim, n_state), init=initial_states, final=final)
 
     if config is None:
         key = ("ssd", block_n, next_pow2(headdim), next_pow2(seqlen), bsz * nheads, x.dtype, z is not None, splits)
