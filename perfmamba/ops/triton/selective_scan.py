@@ -21,9 +21,8 @@ BLOCK_N (a power of two) is the only waste for odd N.
 
 from __future__ import annotations
 
-import os
-
 import functools
+import os
 
 import torch
 import triton
