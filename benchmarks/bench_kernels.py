@@ -5,7 +5,9 @@ when ``import mamba_ssm`` works; it is never a dependency).
 
 Workloads (bf16 inputs, fp32 state):
   * Mamba-1 selective scan, B=8, L=2048, D=1536, N in {16, 8}, with D, z, delta_bias, softplus;
-  * Mamba-2 SSD, B=8, L=4096, H=24, P=64, G=1, N in {128, 96, 64, 32}, chunk 256, with D, dt_bias, softplus.
+  * Mamba-2 SSD, B=8, L=4096, H=24, P=64, G=1, N in {128, 96, 64, 32}, chunk 256, with D, dt_bias, softplus;
+  * batch 1, L=16384: split-L against one sequential walk;
+  * the Mamba-1 scan on channels-last inputs (the step kernel) against the tile kernel, three shapes.
 
 Each time is the median of many runs (triton.testing.do_bench: CUDA events, warm-up first).  GB/s counts
 the bytes a single pass must move (every input read once, every output written once); it is compared with
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
 
@@ -25,6 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from perfmamba.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 from perfmamba.ops import selective_scan, ssd  # noqa: E402
 
 SCAN_SHAPE = dict(bsz=8, seqlen=2048, dim=1536)
@@ -51,17 +53,23 @@ def copy_bandwidth():
     return 2 * src.numel() / (ms * 1e-3)
 
 
-def scan_inputs(n_state, dtype=torch.bfloat16, seed=0, shape=SCAN_SHAPE):
+def scan_inputs(n_state, dtype=torch.bfloat16, seed=0, shape=SCAN_SHAPE, channels_last=False):
+    """Scan inputs; ``channels_last`` stores u, delta, z as (B, L, D) and B, C as (B, L, N) (the layout of
+    in_proj / x_proj outputs), seen as the same (B, D, L) / (B, N, L) shapes: the step kernel's path."""
     g = torch.Generator(device="cuda").manual_seed(seed)
     b, L, d = shape["bsz"], shape["seqlen"], shape["dim"]
     r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
-    u = r(b, d, L).to(dtype)
-    delta = (r(b, d, L) * 0.5 - 1.0).to(dtype)
+    if channels_last:
+        act = lambda rows: r(b, L, rows).transpose(1, 2)  # noqa: E731
+    else:
+        act = lambda rows: r(b, rows, L)  # noqa: E731
+    u = act(d).to(dtype)
+    delta = (act(d) * 0.5 - 1.0).to(dtype)
     A = -torch.exp(r(d, n_state) * 0.5)  # fp32, negative
-    B = r(b, n_state, L).to(dtype)
-    C = r(b, n_state, L).to(dtype)
+    B = act(n_state).to(dtype)
+    C = act(n_state).to(dtype)
     D = r(d)
-    z = r(b, d, L).to(dtype)
+    z = act(d).to(dtype)
     delta_bias = r(d) * 0.1
     return (u, delta, A, B, C), dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=True)
 
@@ -137,6 +145,7 @@ def run_main(records, copy_bw):
                                                           dt_softplus=True))
         records.append(rec)
     run_batch1(records)
+    run_channels_last(records)
     for rec in records:
         rec["GB_per_s"] = rec["bytes"] / (rec["ours_ms"] * 1e-3) / 1e9
         rec["fraction_of_copy_bw"] = rec["bytes"] / (rec["ours_ms"] * 1e-3) / copy_bw
@@ -169,6 +178,25 @@ def run_batch1(records):
                             shape=f"B=1 L={s2['seqlen']} H=24 P=64 G=1 N={n_state} chunk=256 bf16", ours_ms=ours,
                             reference_ms=one, reference="ours without split-L", rel_err_vs_reference=err,
                             bytes=ssd_bytes(args, kw)))
+
+
+def run_channels_last(records):
+    """The Mamba-1 scan on channels-last inputs (the step kernel, scan_steps.py) against the tile kernel on
+    the same values laid out channels-first (the copy is made before timing)."""
+    for shape in (SCAN_SHAPE, dict(bsz=1, seqlen=4096, dim=1536), SCAN_SHAPE_B1):
+        for n_state in (16, 8):
+            args, kw = scan_inputs(n_state, shape=shape, channels_last=True)
+            cf_args = tuple(t.contiguous() for t in args)
+            cf_kw = dict(kw, z=kw["z"].contiguous())
+            ref = selective_scan(*cf_args, **cf_kw, backend="triton")
+            err = rel_err(selective_scan(*args, **kw, backend="triton"), ref)
+            ours = bench(lambda: selective_scan(*args, **kw, backend="triton"))
+            tile = bench(lambda: selective_scan(*cf_args, **cf_kw, backend="triton"))
+            b, L, d = shape["bsz"], shape["seqlen"], shape["dim"]
+            records.append(dict(workload=f"mamba1_scan channels-last B={b} L={L} N={n_state}",
+                                shape=f"B={b} L={L} D={d} N={n_state} bf16, channel stride 1", ours_ms=ours,
+                                reference_ms=tile, reference="ours, tile kernel on channels-first copies",
+                                rel_err_vs_reference=err, bytes=scan_bytes(args, kw)))
 
 
 def run_sweep():
@@ -204,15 +232,15 @@ def run_sweep():
 
 def write_outputs(records, meta, out_dir):
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "kernels-h100.json"), "w") as f:
-        json.dump([dict(rec, **meta) for rec in records], f, indent=2)
+    write_json_atomic(os.path.join(out_dir, "kernels-h100.json"), [dict(rec, **meta) for rec in records])
     lines = [f"# Kernel benchmarks: {meta['device']}", "",
              f"torch {meta['torch']}, triton {meta['triton']}, CUDA {meta['cuda']}, {meta['date']}.  "
              f"Median of many runs (triton.testing.do_bench); device copy bandwidth measured in the same run: "
              f"{meta['copy_GB_per_s']:.0f} GB/s (read + write).  Reference = PerfMamba's chunked plain-torch "
              f"backend (\"ref\") on the same GPU, except for the batch-1 rows, whose reference is our own kernel "
-             f"without split-L (one sequential walk per channel block).  GB/s = bytes a single pass must move / "
-             f"our time.", "",
+             f"without split-L (one sequential walk per channel block), and the channels-last rows, whose "
+             f"reference is our tile kernel on channels-first copies of the same inputs.  GB/s = bytes a single "
+             f"pass must move / our time.", "",
              "| workload | shape | ours ms | reference | reference ms | ratio (ref/ours) | GB/s | % of copy bw | "
              "mamba_ssm ms |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -238,8 +266,7 @@ def write_outputs(records, meta, out_dir):
                        all(a >= b for a, b in zip(ts, ts[1:])), " -> ".join(f"{t:.3f}" for t in ts) + " ms"))
     lines += ["", "Targets (H100, bf16):", "", "| target | met | measured |", "| --- | --- | --- |"]
     lines += [f"| {name} | {'yes' if ok else 'NO'} | {val} |" for name, ok, val in checks]
-    with open(os.path.join(out_dir, "kernels-h100.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_text_atomic(os.path.join(out_dir, "kernels-h100.md"), "\n".join(lines) + "\n")
     return lines
 
 

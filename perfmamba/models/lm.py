@@ -72,12 +72,20 @@ class MambaLM(nn.Module):
 
     def forward_unchecked(self, input_ids: torch.Tensor, cache: Optional[InferenceCache] = None) -> torch.Tensor:
         """``forward`` without the input check, whose host sync cannot be captured in a CUDA graph."""
-        x = self.backbone.embedding(input_ids)  # (Bsz, L, d_model)
-        for block in self.backbone.layers:
-            x = block(x, cache)
+        hidden = self._run_blocks(self.backbone.embedding(input_ids), lambda block, h: block.mixer(h, cache))
         if cache is not None:
             cache.seqlen_offset += input_ids.shape[1]
-        return self.lm_head(self.backbone.norm_f(x))
+        return self.lm_head(hidden)
+
+    def _run_blocks(self, x: torch.Tensor, run_mixer) -> torch.Tensor:
+        """The residual stream through every block and the final norm: Block's x + mixer(norm(x)), with
+        each residual add fused into the norm that follows it (one kernel on the GPU instead of two)."""
+        fp32 = torch.float32 if self.config.residual_in_fp32 else None
+        residual = None
+        for block in self.backbone.layers:
+            normed, residual = block.norm.add_forward(x, residual, residual_dtype=fp32)
+            x = run_mixer(block, normed)
+        return self.backbone.norm_f.add_forward(x, residual, residual_dtype=fp32)[0]
 
     def allocate_cache(self, batch_size: int) -> InferenceCache:
         p = self.backbone.embedding.weight
@@ -85,11 +93,9 @@ class MambaLM(nn.Module):
 
     def step(self, input_ids: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
         """One token per sequence: input_ids (Bsz,) -> logits (Bsz, V); the cache advances in place."""
-        x = self.backbone.embedding(input_ids)  # (Bsz, d_model)
-        for block in self.backbone.layers:
-            x = block.step(x, cache)
+        hidden = self._run_blocks(self.backbone.embedding(input_ids), lambda block, h: block.mixer.step(h, cache))
         cache.seqlen_offset += 1
-        return self.lm_head(self.backbone.norm_f(x))
+        return self.lm_head(hidden)
 
     # --------------------------------------------------------------------------------------- generate
     def graph_decoder(self, batch_size: int):

@@ -7,7 +7,6 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from perfmamba import ops
 from perfmamba.config import Mamba1Config
@@ -80,8 +79,8 @@ class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (Bsz, D) each
         x = ops.causal_conv1d_update(x, cache.conv_states[self.layer_idx], self._conv_weight(), self.conv1d.bias,
                                      activation="silu", backend=self.backend)
-        dt, B, C = self._split_xproj(self.x_proj(x))
-        dt = F.linear(dt, self.dt_proj.weight)  # (Bsz, D)
+        dt, B, C = self._split_xproj(self.x_proj(x))  # dt: (Bsz, R), projected inside the state update
         y = ops.selective_state_update(cache.ssm_states[self.layer_idx], x, dt, self.neg_exp_A(), B, C, D=self.D,
-                                       z=z, dt_bias=self.dt_proj.bias, dt_softplus=True, backend=self.backend)
+                                       z=z, dt_bias=self.dt_proj.bias, dt_softplus=True,
+                                       dt_proj_weight=self.dt_proj.weight, backend=self.backend)
         return self.out_proj(y)

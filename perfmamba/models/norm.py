@@ -23,6 +23,11 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim)
         return ops.rms_norm(x, self.weight, self.eps, backend=self.backend)
 
+    def add_forward(self, x: torch.Tensor, residual, residual_dtype=None):
+        """(self(r), r) with r = residual + x: a block's residual add fused with the next norm."""
+        return ops.add_rms_norm(x, residual, self.weight, self.eps, residual_dtype=residual_dtype,
+                                backend=self.backend)
+
 
 class GatedRMSNorm(nn.Module):
     """Mamba-2's output norm: RMSNorm(y * SiLU(z)) with statistics taken per group of ``group_size`` channels

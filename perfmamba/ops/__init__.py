@@ -19,14 +19,14 @@ import torch
 
 from perfmamba.errors import PerfMambaError
 from perfmamba.ops.conv_ref import causal_conv1d_ref, causal_conv1d_update_ref
-from perfmamba.ops.norm_ref import rms_norm_ref
+from perfmamba.ops.norm_ref import add_rms_norm_ref, rms_norm_ref
 from perfmamba.ops.scan_chunked import selective_scan_chunked
 from perfmamba.ops.scan_ref import selective_scan_ref, selective_state_update_ref, ssd_loop_ref, ssd_ref
 
 BACKENDS = ("auto", "ref", "loop", "triton")
 
 __all__ = ["BACKENDS", "selective_scan", "ssd", "causal_conv1d", "causal_conv1d_update", "selective_state_update",
-           "rms_norm", "resolve_backend", "triton_available"]
+           "rms_norm", "add_rms_norm", "resolve_backend", "triton_available"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -123,12 +123,32 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, back
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
-                           dt_limit=(0.0, float("inf")), backend="auto"):
-    """One SSM decode step of either family (shapes in ``selective_state_update_ref``); state updated in place."""
-    _check_state_update_shapes(state, x, dt, A, B, C, z)
+                           dt_limit=(0.0, float("inf")), dt_proj_weight=None, backend="auto"):
+    """One SSM decode step of either family (shapes in ``selective_state_update_ref``); state updated in place.
+
+    Mamba-1 only: with ``dt_proj_weight`` (D, R), ``dt`` is the low-rank (batch, R) input of dt_proj and
+    dt = dt @ dt_proj_weight^T (rounded to dt's dtype, as F.linear returns it) is computed in the same
+    kernel on the GPU -- one launch fewer per layer and token.
+    """
     which = resolve_backend(backend, x.device)
-    fn = _triton_module().selective_state_update_triton if which == "triton" else selective_state_update_ref
-    return fn(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=tuple(dt_limit))
+    if dt_proj_weight is not None:
+        if (state.dim() != 3 or dt_proj_weight.dim() != 2 or dt.dim() != 2
+                or tuple(dt_proj_weight.shape) != (state.shape[1], dt.shape[1])):
+            raise _shape_error("selective_state_update", "with dt_proj_weight: Mamba-1 state (batch, D, N), "
+                               "dt (batch, R), dt_proj_weight (D, R)",
+                               dict(state=state, dt=dt, dt_proj_weight=dt_proj_weight))
+        if which != "triton":
+            dt = torch.nn.functional.linear(dt, dt_proj_weight)
+            dt_proj_weight = None
+    if dt_proj_weight is None:
+        _check_state_update_shapes(state, x, dt, A, B, C, z)
+    else:
+        _check_state_update_shapes(state, x, x, A, B, C, z)
+    kwargs = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=tuple(dt_limit))
+    if which == "triton":
+        return _triton_module().selective_state_update_triton(state, x, dt, A, B, C, dt_proj_weight=dt_proj_weight,
+                                                              **kwargs)
+    return selective_state_update_ref(state, x, dt, A, B, C, **kwargs)
 
 
 def rms_norm(x, weight, eps, z=None, group_size=None, backend="auto"):
@@ -142,6 +162,19 @@ def rms_norm(x, weight, eps, z=None, group_size=None, backend="auto"):
     which = resolve_backend(backend, x.device)
     fn = _triton_module().rms_norm_triton if which == "triton" else rms_norm_ref
     return fn(x, weight, eps, z=z, group_size=group_size)
+
+
+def add_rms_norm(x, residual, weight, eps, residual_dtype=None, backend="auto"):
+    """The pre-norm residual step as one op: r = residual + x (x alone when ``residual`` is None; cast to
+    ``residual_dtype`` when given), returns (rms_norm(r), r).  One kernel on the GPU instead of an add and
+    a norm, which matters in a launch-bound decode step."""
+    dim = x.shape[-1]
+    if tuple(weight.shape) != (dim,) or (residual is not None and residual.shape != x.shape):
+        raise _shape_error("add_rms_norm", "x, residual (..., dim); weight (dim,)",
+                           dict(x=x, residual=residual, weight=weight))
+    which = resolve_backend(backend, x.device)
+    fn = _triton_module().add_rms_norm_triton if which == "triton" else add_rms_norm_ref
+    return fn(x, residual, weight, eps, residual_dtype=residual_dtype)
 
 
 # ---------------------------------------------------------------------------------------- shape checks

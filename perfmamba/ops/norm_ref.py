@@ -23,3 +23,17 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float, z: Optional[
     grouped = h.view(*h.shape[:-1], -1, group_size)  # (..., groups, group_size)
     grouped = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + eps)
     return weight * grouped.view_as(h).to(weight.dtype)
+
+
+def add_rms_norm_ref(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor, eps: float,
+                     residual_dtype: Optional[torch.dtype] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pre-norm residual step: r = residual + x (or x alone when ``residual`` is None, cast to
+    ``residual_dtype`` when given), then (rms_norm(r), r).  The sum follows torch's type promotion, so an
+    fp32 residual stream plus a bf16 mixer output is summed in fp32, as ``x.float() + y`` is."""
+    if residual_dtype is not None:
+        residual = residual.to(residual_dtype) if residual is not None else None
+        x_in = x if residual is not None else x.to(residual_dtype)
+    else:
+        x_in = x
+    r = x_in if residual is None else residual + x_in
+    return rms_norm_ref(r, weight, eps), r

@@ -20,7 +20,7 @@ import torch
 CUDA = torch.cuda.is_available()
 _ENV_BEFORE = os.environ.get("TRITON_INTERPRET")
 _TRITON_ALREADY_IMPORTED = "triton" in sys.modules
-_KERNEL_MODULES = ("selective_scan", "ssd", "conv1d", "state_update")
+_KERNEL_MODULES = ("selective_scan", "split", "scan_steps", "ssd", "conv1d", "state_update", "rms_norm")
 
 
 def _restore_env():
@@ -84,12 +84,20 @@ def _gen(seed):
     return torch.Generator().manual_seed(seed)
 
 
-def scan_case(bsz, dim, seqlen, n, groups, has_d, has_z, has_bias, device="cpu", dtype=torch.float32, seed=0):
+def scan_case(bsz, dim, seqlen, n, groups, has_d, has_z, has_bias, device="cpu", dtype=torch.float32, seed=0,
+              channels_last=False):
+    """Scan inputs; ``channels_last`` lays u, delta, z out as (Bsz, L, D) and B, C as (Bsz, L, [G,] N)
+    (seen through transposes as the usual shapes), as Mamba-1's GEMMs produce them: the step kernel's path."""
     g = _gen(seed)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    bc_shape = (bsz, groups, n, seqlen) if groups > 1 else (bsz, n, seqlen)
-    t = dict(u=r(bsz, dim, seqlen), delta=r(bsz, dim, seqlen) * 0.5, A=-torch.exp(r(dim, n) * 0.5),
-             B=r(*bc_shape), C=r(*bc_shape), D=r(dim) if has_d else None, z=r(bsz, dim, seqlen) if has_z else None,
+    if channels_last:
+        act = lambda: r(bsz, seqlen, dim).transpose(1, 2)  # noqa: E731
+        bc = lambda: r(bsz, seqlen, groups, n).permute(0, 2, 3, 1)[:, 0 if groups == 1 else slice(None)]  # noqa: E731
+    else:
+        act = lambda: r(bsz, dim, seqlen)  # noqa: E731
+        bc = lambda: r(*((bsz, groups, n, seqlen) if groups > 1 else (bsz, n, seqlen)))  # noqa: E731
+    t = dict(u=act(), delta=act() * 0.5, A=-torch.exp(r(dim, n) * 0.5),
+             B=bc(), C=bc(), D=r(dim) if has_d else None, z=act() if has_z else None,
              delta_bias=r(dim) * 0.1 if has_bias else None)
     out = {}
     for k, v in t.items():
@@ -98,8 +106,13 @@ def scan_case(bsz, dim, seqlen, n, groups, has_d, has_z, has_bias, device="cpu",
         elif k in ("A", "D", "delta_bias"):
             out[k] = v.to(device)  # parameters stay fp32
         else:
-            out[k] = v.to(device=device, dtype=dtype)
+            out[k] = v.to(device=device, dtype=dtype)  # keeps the strides
     return out
+
+
+def poisoned_like(t):
+    """A NaN-filled tensor with t's shape and strides (every element the kernel must overwrite)."""
+    return torch.full_like(t, float("nan"), memory_format=torch.preserve_format)
 
 
 def ssd_case(bsz, seqlen, nheads, headdim, groups, n, d_shape, has_z, has_init, device="cpu",
@@ -186,6 +199,20 @@ class TestSelectiveScanInterpreted:
         c = scan_case(2, 6, seqlen, 7, 2, True, True, True, seed=splits + seqlen)
         check_scan(c, 1e-5, out=torch.full_like(c["u"], float("nan")), splits=splits)
 
+    @pytest.mark.parametrize("n,seqlen,groups", [(1, 9, 1), (7, 1, 1), (16, 65, 2), (13, 10, 1), (64, 6, 1)])
+    def test_channels_last_step_kernel(self, n, seqlen, groups):
+        # channel-contiguous u / delta / z take the step kernel (scan_steps.py); y keeps that layout
+        c = scan_case(2, 8, seqlen, n, groups, True, True, True, seed=n + seqlen, channels_last=True)
+        check_scan(c, 1e-5)
+        check_scan(c, 1e-5, out=poisoned_like(c["u"]))
+        y = ops.selective_scan(c["u"], c["delta"], c["A"], c["B"], c["C"], backend="triton")
+        assert y.stride(1) == 1
+
+    @pytest.mark.parametrize("splits,seqlen", [(3, 20), (2, 9)])
+    def test_channels_last_split(self, splits, seqlen):
+        c = scan_case(2, 8, seqlen, 16, 1, True, True, True, seed=splits, channels_last=True)
+        check_scan(c, 1e-5, out=poisoned_like(c["u"]), splits=splits)
+
     def test_no_last_state(self):
         c = scan_case(1, 4, 5, 3, 1, False, False, False, seed=11)
         y = ops.selective_scan(c["u"], c["delta"], c["A"], c["B"], c["C"], backend="triton")
@@ -270,6 +297,25 @@ def check_norm(x, w, z=None, group_size=None, tol=1e-5):
     assert rel_err(y, yr) < tol
 
 
+def check_add_norm(res_dtype, residual_dtype, device):
+    from perfmamba.ops.norm_ref import add_rms_norm_ref
+    g = _gen(5)
+    x = (torch.randn(3, 4, 24, generator=g) * 2).to(device=device, dtype=torch.bfloat16)
+    res = torch.randn(3, 4, 24, generator=g).to(device=device, dtype=res_dtype) if res_dtype else None
+    w = torch.randn(24, generator=g).to(device=device, dtype=torch.bfloat16)
+    y, r = ops.add_rms_norm(x, res, w, 1e-5, residual_dtype=residual_dtype, backend="triton")
+    yr, rr = add_rms_norm_ref(x, res, w, 1e-5, residual_dtype=residual_dtype)
+    assert r.dtype == rr.dtype
+    if r.dtype == torch.float32:
+        assert torch.equal(r, rr)  # a bf16 + fp32 sum is exact in fp32
+    else:
+        assert rel_err(r, rr) < 1e-2  # one rounding to bf16 (the interpreter's cast may truncate)
+    assert y.dtype == w.dtype and rel_err(y, yr) < 1e-2
+    # same as the unfused ops: the add (torch promotion), then the norm
+    r2 = (x if res is None else res + x).to(residual_dtype or (x if res is None else res + x).dtype)
+    assert torch.equal(rr, r2) and torch.equal(yr, rms_norm_ref(r2, w, 1e-5))
+
+
 @interpreted
 class TestRMSNormInterpreted:
     @pytest.mark.parametrize("dim,group_size", [(8, None), (24, None), (24, 12), (20, 5)])
@@ -280,12 +326,37 @@ class TestRMSNormInterpreted:
         z = torch.randn(3, 5, dim, generator=g) if gated else None
         check_norm(x, torch.randn(dim, generator=g), z, group_size)
 
+    @pytest.mark.parametrize("res_dtype,residual_dtype", [(None, torch.float32), (torch.float32, torch.float32),
+                                                          (torch.bfloat16, None), (None, None)])
+    def test_add_norm(self, res_dtype, residual_dtype):
+        # the residual add fused into the norm: bf16 mixer output, fp32 / bf16 / no incoming residual
+        check_add_norm(res_dtype, residual_dtype, "cpu")
+
     def test_strided_rows(self):
         # z as a slice of a wider projection output (rows strided, channels contiguous)
         g = _gen(1)
         wide = torch.randn(2, 7, 40, generator=g)
         x, z = wide[..., :16], wide[..., 16:32]
         check_norm(x, torch.randn(16, generator=g), z, 8)
+
+
+def check_dt_proj_update(n, groups, device, dtype, tol):
+    g = _gen(n)
+    bsz, dim, rank = 3, 24, 5
+    state = torch.randn(bsz, dim, n, generator=g).to(device)
+    state_ref = state.clone()
+    x, z = (torch.randn(bsz, dim, generator=g).to(device=device, dtype=dtype) for _ in range(2))
+    dt_low = torch.randn(bsz, rank, generator=g).to(device=device, dtype=dtype)
+    w = (torch.randn(dim, rank, generator=g) * 0.5).to(device=device, dtype=dtype)
+    A = -torch.rand(dim, n, generator=g).to(device)
+    bc = (bsz, groups, n) if groups else (bsz, n)
+    B, C = (torch.randn(*bc, generator=g).to(device=device, dtype=dtype) for _ in range(2))
+    D, bias = torch.randn(dim, generator=g).to(device), torch.randn(dim, generator=g).to(device)
+    y = ops.selective_state_update(state, x, dt_low, A, B, C, D, z, bias, True, dt_proj_weight=w,
+                                   backend="triton")
+    dt = torch.nn.functional.linear(dt_low, w)
+    yr = selective_state_update_ref(state_ref, x, dt, A, B, C, D, z, bias, True)
+    assert rel_err(y, yr) < tol and rel_err(state, state_ref) < tol
 
 
 @interpreted
@@ -305,6 +376,11 @@ class TestStateUpdateInterpreted:
         y = ops.selective_state_update(state, x, dt, A, B, C, D, z, bias, True, backend="triton")
         yr = selective_state_update_ref(state_ref, x, dt, A, B, C, D, z, bias, True)
         assert rel_err(y, yr) < 1e-5 and rel_err(state, state_ref) < 1e-5
+
+    @pytest.mark.parametrize("n,groups", [(16, 0), (7, 2)])
+    def test_mamba1_dt_proj_fused(self, n, groups):
+        # dt given as the low-rank dt_proj input: projected inside the kernel, rounded like F.linear
+        check_dt_proj_update(n, groups, "cpu", torch.float32, 1e-5)
 
     @pytest.mark.parametrize("n", [1, 7, 13, 16])
     @pytest.mark.parametrize("d_shape,has_z,groups,dt_limit", [("h", True, 2, (0.0, INF)), ("hp", False, 1, (0.1, 0.6)),
@@ -336,9 +412,11 @@ class TestKernelsOnGPU:
     @pytest.mark.parametrize("n,seqlen,groups", [(16, 257, 1), (64, 4096, 1), (97, 257, 2), (128, 257, 1),
                                                  (7, 4096, 2), (1, 65, 1)])
     def test_selective_scan(self, dtype, tol, n, seqlen, groups):
-        c = scan_case(2, 128, seqlen, n, groups, True, True, True, device="cuda", dtype=dtype, seed=n)
-        check_scan(c, tol, out=torch.full_like(c["u"], float("nan")))
-        check_scan(c, tol, out=torch.full_like(c["u"], float("nan")), splits=5)  # split-L
+        for channels_last in (False, True):  # the tile-scan kernel, then the step kernel (N <= 64)
+            c = scan_case(2, 128, seqlen, n, groups, True, True, True, device="cuda", dtype=dtype, seed=n,
+                          channels_last=channels_last)
+            check_scan(c, tol, out=poisoned_like(c["u"]))
+            check_scan(c, tol, out=poisoned_like(c["u"]), splits=5)  # split-L
 
     @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
     @pytest.mark.parametrize("n,seqlen,groups,headdim", [(64, 257, 1, 64), (97, 4096, 2, 32), (128, 257, 2, 128),
@@ -355,6 +433,15 @@ class TestKernelsOnGPU:
         w = torch.randn(1536, device="cuda", dtype=dtype)
         check_norm(x, w, tol=tol)
         check_norm(x, w, z, 768, tol=tol)
+
+    @pytest.mark.parametrize("res_dtype,residual_dtype", [(None, torch.float32), (torch.float32, torch.float32),
+                                                          (torch.bfloat16, None)])
+    def test_add_norm(self, res_dtype, residual_dtype):
+        check_add_norm(res_dtype, residual_dtype, "cuda")
+
+    @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+    def test_dt_proj_fused_update(self, dtype, tol):
+        check_dt_proj_update(16, 0, "cuda", dtype, tol)
 
     def test_conv_channels_last(self):
         # Mamba-2 passes a transposed slice of in_proj's output; y keeps that layout

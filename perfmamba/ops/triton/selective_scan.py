@@ -246,6 +246,13 @@ def _scan_configs(n_state: int, seqlen: int, channels_per_group: int):
     return cands
 
 
+def use_step_kernel(u, delta, z, n_state: int) -> bool:
+    """Channels-last u / delta / z (channel stride 1, as in_proj and dt_proj write them) and at most 64
+    states: the step kernel of ``scan_steps`` (no scan tree) is used instead of this module's."""
+    return (u.shape[1] > 1 and u.stride(1) == 1 and delta.stride(1) == 1 and (z is None or z.stride(1) == 1)
+            and n_state <= 64)
+
+
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                           return_last_state=False, out=None, config=None, splits=None):
     """Same arguments, shapes and results as ``selective_scan_ref``.
@@ -260,6 +267,10 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     n_state = A.shape[1]
     Bg = B if B.dim() == 4 else B.unsqueeze(1)  # (Bsz, G, N, L)
     Cg = C if C.dim() == 4 else C.unsqueeze(1)
+    if config is None and use_step_kernel(u, delta, z, n_state):
+        from perfmamba.ops.triton.scan_steps import selective_scan_steps
+        return selective_scan_steps(u, delta, A, Bg, Cg, D, z, delta_bias, delta_softplus, return_last_state,
+                                    out, splits)
     groups = Bg.shape[1]
     dg = dim // groups
     # only the innermost (L) stride matters for speed; any other strides are passed through

@@ -24,8 +24,8 @@ from perfmamba.ops.triton.selective_scan import next_pow2, softplus
 
 @triton.jit
 def _state_update_kernel(
-    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, y_ptr,
-    H, P, HEADS_PER_GROUP, dt_min, dt_max,
+    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, y_ptr, w_ptr,
+    H, P, HEADS_PER_GROUP, dt_min, dt_max, R,
     s_sb, s_sh, s_sp, s_sn,  # state (Bsz, H, P, N)
     s_xb, s_xh, s_xp,  # x (Bsz, H, P)
     s_tb, s_th, s_tp,  # dt (Bsz, H, P); s_tp = 0 when shared by a head
@@ -36,9 +36,11 @@ def _state_update_kernel(
     s_zb, s_zh, s_zp,  # z (Bsz, H, P)
     s_eh, s_ep,  # dt_bias (H, P)
     s_yb, s_yh, s_yp,  # y (Bsz, H, P)
+    s_wh, s_wp, s_wr,  # dt_proj weight (H, P, R) when DT_PROJ; dt is then (Bsz, R) with strides (s_tb, s_tp)
     N: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    CLAMP_DT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    CLAMP_DT: tl.constexpr, DT_PROJ: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_R: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     b = pid_bh // H
@@ -53,7 +55,15 @@ def _state_update_kernel(
     s_tile = state_ptr + b * s_sb + head * s_sh + offs_p[:, None] * s_sp + offs_n[None, :] * s_sn
     h = tl.load(s_tile, mask=pn_mask, other=0.0).to(tl.float32)  # (BLOCK_P, BLOCK_N)
     x = tl.load(x_ptr + b * s_xb + head * s_xh + offs_p * s_xp, mask=p_mask, other=0.0).to(tl.float32)
-    dt = tl.load(dt_ptr + b * s_tb + head * s_th + offs_p * s_tp, mask=p_mask, other=0.0).to(tl.float32)
+    if DT_PROJ:  # Mamba-1's dt_proj GEMV for this block of channels, rounded to dt's dtype as F.linear is
+        offs_r = tl.arange(0, BLOCK_R)
+        r_mask = offs_r < R
+        w = tl.load(w_ptr + head * s_wh + offs_p[:, None] * s_wp + offs_r[None, :] * s_wr,
+                    mask=p_mask[:, None] & r_mask[None, :], other=0.0).to(tl.float32)
+        dt_low = tl.load(dt_ptr + b * s_tb + offs_r * s_tp, mask=r_mask, other=0.0).to(tl.float32)
+        dt = tl.sum(w * dt_low[None, :], axis=1).to(dt_ptr.dtype.element_ty).to(tl.float32)
+    else:
+        dt = tl.load(dt_ptr + b * s_tb + head * s_th + offs_p * s_tp, mask=p_mask, other=0.0).to(tl.float32)
     if HAS_DT_BIAS:
         dt += tl.load(dtb_ptr + head * s_eh + offs_p * s_ep, mask=p_mask, other=0.0).to(tl.float32)
     if SOFTPLUS:
@@ -76,6 +86,9 @@ def _state_update_kernel(
     tl.store(y_ptr + b * s_yb + head * s_yh + offs_p * s_yp, y.to(y_ptr.dtype.element_ty), mask=p_mask)
 
 
+M1_BLOCK_P = 32
+
+
 def _split(t: torch.Tensor, dim: int, per: int):
     """Strides of ``t`` with axis ``dim`` (of length heads*per) seen as two axes (heads, per)."""
     st = list(t.stride())
@@ -83,8 +96,9 @@ def _split(t: torch.Tensor, dim: int, per: int):
 
 
 def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
-                                  dt_limit=(0.0, float("inf")), out=None):
+                                  dt_limit=(0.0, float("inf")), out=None, dt_proj_weight=None):
     """Same arguments, shapes and results as ``selective_state_update_ref``; ``state`` is updated in place.
+    With ``dt_proj_weight`` (Mamba-1, (D, R)), dt is (Bsz, R) and is projected inside the kernel.
 
     Mamba-1: state (Bsz, D, N); x, dt, z (Bsz, D); A (D, N); B, C (Bsz, N) or (Bsz, G, N); D, dt_bias (D,).
     Mamba-2: state (Bsz, H, P, N); x, z (Bsz, H, P); dt (Bsz, H); A, D, dt_bias (H,) (D also (H, P));
@@ -98,7 +112,9 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
         heads = Bg.shape[1]
         per = dim // heads
         st_s = _split(state, 1, per)
-        x_s, t_s, y_s = _split(x, 1, per), _split(dt, 1, per), _split(y, 1, per)
+        x_s, y_s = _split(x, 1, per), _split(y, 1, per)
+        # with the dt_proj weight, dt is (Bsz, R): its batch and rank strides stand in (s_tb, -, s_tp)
+        t_s = _split(dt, 1, per) if dt_proj_weight is None else [dt.stride(0), 0, dt.stride(1)]
         a_s = _split(A, 0, per)
         z_s = _split(z, 1, per) if z is not None else (0, 0, 0)
         d_s = _split(D, 0, per) if D is not None else (0, 0)
@@ -116,17 +132,25 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
         e_s = (dt_bias.stride(0), 0) if dt_bias is not None else (0, 0)
         clamp = (float(dt_limit[0]), float(dt_limit[1])) != (0.0, math.inf)
     groups = Bg.shape[1]
+    w = dt_proj_weight
+    w_s = _split(w, 0, per) if w is not None else (0, 0, 0)
+    rank = w.shape[1] if w is not None else 1
     block_n = max(2, next_pow2(n_state))
-    # ~2K state elements per program: enough bytes in flight per SM, enough programs for small batches
+    # ~2K state elements per program: enough bytes in flight per SM, enough programs for small batches.
+    # Mamba-1 (one dt per channel, and dt_proj's rows when fused) uses M1_BLOCK_P channels per program:
+    # its heads are whole groups of D/G channels, so 2K elements would leave batch 1 with a dozen programs
     block_p = max(1, min(next_pow2(per), max(4, 2048 // block_n)))
+    if state.dim() == 3:
+        block_p = min(block_p, M1_BLOCK_P)
     grid = (bsz * heads, triton.cdiv(per, block_p))
     _state_update_kernel[grid](
         state, x, dt, A, Bg, Cg, D if D is not None else x, z if z is not None else x,
-        dt_bias if dt_bias is not None else x, y,
-        heads, per, heads // groups, float(dt_limit[0]), float(dt_limit[1]),
-        *st_s, *x_s, *t_s, *a_s, *Bg.stride(), *Cg.stride(), *d_s, *z_s, *e_s, *y_s,
+        dt_bias if dt_bias is not None else x, y, w if w is not None else x,
+        heads, per, heads // groups, float(dt_limit[0]), float(dt_limit[1]), rank,
+        *st_s, *x_s, *t_s, *a_s, *Bg.stride(), *Cg.stride(), *d_s, *z_s, *e_s, *y_s, *w_s,
         N=n_state, HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None,
-        SOFTPLUS=bool(dt_softplus), CLAMP_DT=clamp, BLOCK_P=block_p, BLOCK_N=block_n,
+        SOFTPLUS=bool(dt_softplus), CLAMP_DT=clamp, DT_PROJ=w is not None, BLOCK_P=block_p, BLOCK_N=block_n,
+        BLOCK_R=max(2, next_pow2(rank)),
         num_warps=4,
     )
     return y
