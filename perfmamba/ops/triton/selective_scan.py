@@ -66,7 +66,7 @@ def pick_config(key, candidates, launch):
     return best
 
 
-def _median_ms(fn, repeats: int = 10) -> float:
+def _median_ms(fn, repeats: int = 20) -> float:
     """Median time of ``fn`` in ms from CUDA events, after one untimed call (which compiles).
 
     Used instead of triton.testing.do_bench, which allocates a 256 MB buffer to flush the L2 cache: that

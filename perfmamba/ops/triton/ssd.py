@@ -158,7 +158,11 @@ def _ssd_configs(headdim: int, n_state: int, chunk_size: int):
     t_max = max(16, next_pow2(chunk_size) if chunk_size & (chunk_size - 1) == 0 else next_pow2(chunk_size) // 2)
     if interpreting():
         return [(min(32, t_max), block_p, 1, 1)]
-    cands = [(min(32, t_max), block_p, 4, 2), (min(32, t_max), block_p, 4, 3), (min(64, t_max), block_p, 4, 2)]
+    t32 = min(32, t_max)
+    cands = [(t32, block_p, 4, 2), (t32, block_p, 4, 3), (min(64, t_max), block_p, 4, 2),
+             (min(16, t_max), block_p, 4, 2), (t32, block_p, 8, 2)]
+    if block_p >= 32:  # twice the programs (each head's C B^T is then computed twice)
+        cands.append((t32, block_p // 2, 4, 2))
     return list(dict.fromkeys(cands))
 
 
