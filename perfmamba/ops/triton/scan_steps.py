@@ -1,4 +1,4 @@
-"""Mamba-1 selective scan for channels-last inputs: one time step per iteration, states in registers.
+"""Mamba-1 selective scan for channels-last inputs: one time step after another, states in registers.
 
 When u, delta, z (and y) have the channel axis contiguous -- the layout in_proj, the conv and dt_proj
 produce, (Bsz, L, D) seen as (Bsz, D, L) -- one time step of a block of channels is one coalesced row.
@@ -8,18 +8,20 @@ and VEC of its states (N_IN threads share a channel when N is large), and a step
     a = exp2(delta * A log2 e);  h = a * h + (delta u) B;  y += h C
 
 i.e. one exp2 and four FP32 operations.  B and C of the step are one short vector load per thread
-(N-contiguous in the x_proj output; the same address across the warp, so one transaction).  The
-tile-scan kernel in ``selective_scan.py`` needs 40-55 instructions per element for its scan tree and
-shuffles (counted in the sm_90 SASS); this one needs under ten.
+(N-contiguous in the x_proj output; the same address across the warp, so one transaction).  Counted in
+the sm_90 SASS for N=16, the loop needs about 15 instructions per state element (the tile-scan kernel
+of ``selective_scan.py`` 40 to 55, for its scan tree and shuffles).  It is nevertheless not faster:
+each warp's walk waits on memory every iteration, and there are only D * N_IN / 32 walks per batch row
+(measured on an H100 in docs/benchmarks/kernels-h100.md; split-L adds walks when the grid is small).
 
-Layout.  Everything is (BLOCK_D, N_IN, VEC): the B/C loads are vectorized along VEC (contiguous), and
-Triton then gives threads to N_IN before BLOCK_D (both non-contiguous; the later axis goes first), so a
-channel's N_IN threads are neighbours and the y reduction is a short shuffle.  The per-channel loads
-(u, delta, z) are issued at shape (BLOCK_D, N_IN, 1) so that they get that same thread mapping and no
-layout conversion (shared-memory round trip) is needed per step.  STEPS steps are unrolled per loop
-iteration so their loads are in flight together.
+Layout.  Tiles are (STEPS, BLOCK_D, N_IN, VEC) for B and C and (STEPS, BLOCK_D, N_IN, 1) for the
+per-channel tensors: the B/C loads are vectorized along VEC (contiguous), and Triton then gives threads
+to N_IN before BLOCK_D (both non-contiguous; the later axis goes first) and keeps STEPS inside each
+thread, so a channel's N_IN threads are neighbours (the y reduction is a short shuffle) and a step's
+slice of a tile is an in-register selection.  The per-channel strides are kept out of Triton's
+specialization so those loads get the same thread mapping, with no layout conversion per step.  The
+next tile is loaded before the current one is used (software pipelining by hand).
 """
-
 from __future__ import annotations
 
 import functools
@@ -206,22 +208,21 @@ def _scan_steps_kernel(
 def steps_configs(n_state: int, dtype_bytes: int):
     """Candidate (BLOCK_D, N_IN, VEC, STEPS, num_warps) for the step kernel, the default first.
 
-    VEC states per thread are one B/C vector load (up to 16 bytes); N_IN = BLOCK_N / VEC threads share
-    a channel.  More threads per channel cost a shuffle level per step but give more warps to hide the
-    latency of the step's loads.  A BLOCK_D of twice the thread count gives each thread two channels
-    (the B/C loads and conversions are shared by both).
+    VEC states per thread are one B/C vector load (16 bytes); N_IN = BLOCK_N / VEC threads share a
+    channel.  More threads per channel cost a shuffle level per step but give more warps to hide the
+    latency of the step's loads.
     """
     block_n = max(1, 1 << (max(1, n_state) - 1).bit_length())
     if interpreting():
         return [(16, 1, block_n, 4, 1)]
     cands = []
     # measured on an H100 (bf16, D=1536, N=16): 1 to 2 steps per iteration; 4 ran 2x slower
-    for vec_bytes, nw, per_thread, steps in ((16, 1, 1, 1), (16, 4, 1, 2), (16, 2, 1, 2), (16, 1, 1, 2)):
-        vec = max(1, min(block_n, vec_bytes // dtype_bytes))
+    for nw, steps in ((1, 1), (4, 2), (2, 2), (1, 2)):
+        vec = max(1, min(block_n, 16 // dtype_bytes))
         n_in = block_n // vec
         if n_in > 32:
             continue
-        cfg = ((32 // n_in) * nw * per_thread, n_in, vec, steps, nw)
+        cfg = ((32 // n_in) * nw, n_in, vec, steps, nw)
         if cfg not in cands:
             cands.append(cfg)
     return cands
