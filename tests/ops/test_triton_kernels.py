@@ -418,6 +418,29 @@ class TestKernelsOnGPU:
             check_scan(c, tol, out=poisoned_like(c["u"]))
             check_scan(c, tol, out=poisoned_like(c["u"]), splits=5)  # split-L
 
+    @pytest.mark.parametrize("n", [8, 16, 97])
+    def test_every_scan_candidate(self, n):
+        # the autotuner may pick any candidate of either kernel: each one, whole and split-L, bf16
+        from perfmamba.ops.triton.scan_steps import selective_scan_steps, steps_configs
+        from perfmamba.ops.triton.selective_scan import _scan_configs, selective_scan_triton
+        for channels_last in (False, True):
+            c = scan_case(2, 64, 257, n, 1, True, True, True, device="cuda", dtype=torch.bfloat16, seed=n,
+                          channels_last=channels_last)
+            args = (c["u"], c["delta"], c["A"], c["B"], c["C"])
+            kw = dict(D=c["D"], z=c["z"], delta_bias=c["delta_bias"], delta_softplus=True, return_last_state=True)
+            f32 = {k: (v.float() if v is not None else None) for k, v in c.items()}
+            yr, hr = selective_scan_ref(f32["u"], f32["delta"], f32["A"], f32["B"], f32["C"], **kw)
+            cands = steps_configs(n, 2) if channels_last and n <= 64 else _scan_configs(n, 257, 64)
+            for cfg in cands:
+                for splits in (None, 3):
+                    out = poisoned_like(c["u"])
+                    if channels_last and n <= 64:
+                        y, h = selective_scan_steps(*args[:3], c["B"].unsqueeze(1), c["C"].unsqueeze(1), c["D"],
+                                                    c["z"], c["delta_bias"], True, True, out, splits, config=cfg)
+                    else:
+                        y, h = selective_scan_triton(*args, **kw, out=out, splits=splits, config=cfg)
+                    assert rel_err(y, yr) < 1e-2 and rel_err(h, hr) < 1e-2, (cfg, splits, channels_last)
+
     @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
     @pytest.mark.parametrize("n,seqlen,groups,headdim", [(64, 257, 1, 64), (97, 4096, 2, 32), (128, 257, 2, 128),
                                                          (128, 4096, 1, 64), (13, 257, 1, 16)])
