@@ -95,7 +95,11 @@ def sweep_markdown(res: dict, plots: list) -> str:
         key = max((k for k in best if k.startswith("prefill_speedup_L")), key=lambda k: int(k.rsplit("L", 1)[1]))
         length = key.rsplit("L", 1)[1]
         mem = best.get("peak_reduction_pct_L" + length)
-        mem = f"{mem:.1f}% less peak memory, " if mem is not None else ""
+        mem = f"{mem:.1f}% less prefill peak memory, " if mem is not None else ""
+        served = sorted((k for k in best if k.startswith("decode_peak_reduction_pct_B") and best[k] is not None),
+                        key=lambda k: int(k.rsplit("B", 1)[1]))
+        if served:
+            mem += f"{best[served[-1]]:.1f}% less peak memory serving batch {served[-1].rsplit('B', 1)[1]}, "
         lines += [f"**Best within 2% bits/byte:** `{best['method']}` at ratio {best['ratio']:g}: "
                   f"{best[key]:.2f}x prefill at L={length}, {mem}{best['bpb_change_pct']:+.2f}% bits/byte.", ""]
     lines += [f"![{p}]({p})" for p in plots] + [""]
@@ -106,6 +110,8 @@ def _speed_tables(res: dict) -> list:
     base = next((s for s in res["speed"] if s["kept_sizes"] == res["original_sizes"]), None)
     lengths = [p["length"] for p in res["speed"][0]["prefill"]]
     batches = [d["batch"] for d in res["speed"][0]["decode"]]
+    # decode peak memory is measured on CUDA only; older results have no such field
+    served_peak = any(d.get("peak_bytes") is not None for sp in res["speed"] for d in sp["decode"])
     rows = []
     for sp in res["speed"]:
         row = [_sizes(sp["kept_sizes"])]
@@ -121,17 +127,24 @@ def _speed_tables(res: dict) -> list:
             row += [f"{human_count(p['tokens_per_s'])}{speedup}", mem]
         for i, d in enumerate(sp["decode"]):
             if d["status"] != "ok":
-                row += [d["status"]]
+                row += [d["status"]] * (2 if served_peak else 1)
                 continue
             b = base["decode"][i] if base else None
             speedup = f" ({d['tokens_per_s'] / b['tokens_per_s']:.2f}x)" if b and b["tokens_per_s"] else ""
             row += [f"{human_count(d['tokens_per_s'])}{speedup}"]
+            if served_peak:
+                mem = human_bytes(d["peak_bytes"]) if d.get("peak_bytes") is not None else "-"
+                if d.get("peak_bytes") is not None and b and b.get("peak_bytes"):
+                    mem += f" ({100 * (d['peak_bytes'] / b['peak_bytes'] - 1):+.1f}%)"
+                row += [mem]
         row += [human_bytes(sp["decode"][0]["state_cache_bytes"] / batches[0]) if sp["decode"] else "-"]
         rows.append(row)
     header = ["d_state"]
     for length in lengths:
         header += [f"prefill tok/s L={length}", f"peak mem L={length}"]
-    header += [f"decode tok/s B={b}" for b in batches] + ["state cache / seq"]
+    for b in batches:
+        header += [f"decode tok/s B={b}"] + ([f"serving peak mem B={b}"] if served_peak else [])
+    header += ["state cache / seq"]
     graph = "CUDA graph" if res["speed"][0]["prefill"][0].get("cuda_graph") else "eager"
     return ["## Speed and memory (batch 1 prefill; " + graph + f"; {res['speed'][0]['dtype']})", "",
             _table(header, rows), ""]

@@ -110,17 +110,31 @@ def measure_prefill(model, length: int, s: SpeedSettings, batch: int = 1) -> dic
 
 @torch.inference_mode()
 def measure_decode(model, batch: int, s: SpeedSettings) -> dict:
-    """tokens/s of one decode step for ``batch`` sequences (CUDA graph replay on a GPU) and cache bytes."""
+    """tokens/s of one decode step for ``batch`` sequences (CUDA graph replay on a GPU), cache bytes, and (CUDA
+    only) the peak memory of serving that batch eagerly: ``peak_bytes`` = parameter bytes + the most memory
+    allocated from the cache's allocation through the prompt's prefill and one decode step.  With a small
+    model and a large batch the state cache is most of it, and it is what state pruning shrinks."""
     from perfmamba.profiling.timers import time_call
     device = model.backbone.embedding.weight.device
     rec = {"batch": batch, "status": "ok", "median_s": None, "tokens_per_s": None, "cuda_graph": False,
-           "state_cache_bytes": None}
+           "state_cache_bytes": None, "peak_bytes": None, "peak_increment_bytes": None}
     try:
-        cache = model.allocate_cache(batch)
-        rec["state_cache_bytes"] = cache.nbytes()
         prompt = torch.randint(0, model.config.vocab_size, (batch, s.prompt), device=device,
                                generator=torch.Generator(device=device).manual_seed(batch))
         token = prompt[:, -1]
+        if device.type == "cuda":
+            _free(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            cache = model.allocate_cache(batch)
+            model(prompt, cache)
+            model.step(token, cache)
+            torch.cuda.synchronize(device)
+            rec["peak_increment_bytes"] = torch.cuda.max_memory_allocated(device) - base
+            rec["peak_bytes"] = _parameter_bytes(model) + rec["peak_increment_bytes"]
+            del cache
+        cache = model.allocate_cache(batch)
+        rec["state_cache_bytes"] = cache.nbytes()
         if device.type == "cuda" and s.cuda_graph:
             decoder = model.graph_decoder(batch)
             decoder.prefill(prompt)
@@ -226,6 +240,8 @@ def join_rows(accuracy: list, speeds: list, original_sizes: list) -> list:
                 row[f"decode_tokens_per_s_{key}"] = d["tokens_per_s"]
                 row[f"decode_speedup_{key}"] = _ratio(d["tokens_per_s"], bd and bd["tokens_per_s"])
                 row[f"state_cache_bytes_{key}"] = d["state_cache_bytes"]
+                row[f"decode_peak_bytes_{key}"] = d.get("peak_bytes")
+                row[f"decode_peak_reduction_pct_{key}"] = _pct_less(d.get("peak_bytes"), bd and bd.get("peak_bytes"))
         rows.append(row)
     return rows
 
