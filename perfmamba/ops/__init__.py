@@ -140,10 +140,8 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         if which != "triton":
             dt = torch.nn.functional.linear(dt, dt_proj_weight)
             dt_proj_weight = None
-    if dt_proj_weight is None:
-        _check_state_update_shapes(state, x, dt, A, B, C, z)
-    else:
-        _check_state_update_shapes(state, x, x, A, B, C, z)
+    # with the weight, dt's (batch, R) shape was checked above
+    _check_state_update_shapes(state, x, dt if dt_proj_weight is None else None, A, B, C, z)
     kwargs = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=tuple(dt_limit))
     if which == "triton":
         return _triton_module().selective_state_update_triton(state, x, dt, A, B, C, dt_proj_weight=dt_proj_weight,
@@ -228,7 +226,7 @@ def _check_state_update_shapes(state, x, dt, A, B, C, z):
         expected = ("Mamba-1 state (batch, D, N); x, dt, z (batch, D); A (D, N); B, C (batch, N) or "
                     "(batch, G, N) with G dividing D")
         bsz, dim, n = state.shape
-        ok = (tuple(x.shape) == (bsz, dim) and dt.shape == x.shape and tuple(A.shape) == (dim, n)
+        ok = (tuple(x.shape) == (bsz, dim) and (dt is None or dt.shape == x.shape) and tuple(A.shape) == (dim, n)
               and B.shape == C.shape and B.dim() in (2, 3) and B.shape[0] == bsz and B.shape[-1] == n
               and (B.dim() == 2 or dim % B.shape[1] == 0))
     elif state.dim() == 4:  # Mamba-2

@@ -30,10 +30,7 @@ def add_rms_norm_ref(x: torch.Tensor, residual: Optional[torch.Tensor], weight: 
     """The pre-norm residual step: r = residual + x (or x alone when ``residual`` is None, cast to
     ``residual_dtype`` when given), then (rms_norm(r), r).  The sum follows torch's type promotion, so an
     fp32 residual stream plus a bf16 mixer output is summed in fp32, as ``x.float() + y`` is."""
+    r = x if residual is None else residual.to(residual_dtype or residual.dtype) + x
     if residual_dtype is not None:
-        residual = residual.to(residual_dtype) if residual is not None else None
-        x_in = x if residual is not None else x.to(residual_dtype)
-    else:
-        x_in = x
-    r = x_in if residual is None else residual + x_in
+        r = r.to(residual_dtype)
     return rms_norm_ref(r, weight, eps), r

@@ -228,22 +228,23 @@ def join_rows(accuracy: list, speeds: list, original_sizes: list) -> list:
         sp = by_sizes.get(tuple(a["kept_sizes"]))
         if sp is not None:
             for p in sp["prefill"]:
-                bp = _match(base["prefill"], "length", p["length"]) if base else None
-                key = f"L{p['length']}"
-                row[f"prefill_tokens_per_s_{key}"] = p["tokens_per_s"]
-                row[f"prefill_speedup_{key}"] = _ratio(p["tokens_per_s"], bp and bp["tokens_per_s"])
-                row[f"peak_bytes_{key}"] = p["peak_bytes"]
-                row[f"peak_reduction_pct_{key}"] = _pct_less(p["peak_bytes"], bp and bp["peak_bytes"])
+                row.update(_speed_columns(p, base and base["prefill"], "length", "L", "prefill", "peak"))
             for d in sp["decode"]:
-                bd = _match(base["decode"], "batch", d["batch"]) if base else None
-                key = f"B{d['batch']}"
-                row[f"decode_tokens_per_s_{key}"] = d["tokens_per_s"]
-                row[f"decode_speedup_{key}"] = _ratio(d["tokens_per_s"], bd and bd["tokens_per_s"])
-                row[f"state_cache_bytes_{key}"] = d["state_cache_bytes"]
-                row[f"decode_peak_bytes_{key}"] = d.get("peak_bytes")
-                row[f"decode_peak_reduction_pct_{key}"] = _pct_less(d.get("peak_bytes"), bd and bd.get("peak_bytes"))
+                row.update(_speed_columns(d, base and base["decode"], "batch", "B", "decode", "decode_peak"))
+                row[f"state_cache_bytes_B{d['batch']}"] = d["state_cache_bytes"]
         rows.append(row)
     return rows
+
+
+def _speed_columns(rec, base_records, field, tag, speed, peak) -> dict:
+    """One measurement's columns, named by ``tag`` + rec[field] (L1024, B64): tokens/s and the speedup over
+    the unpruned model's matching record (``speed``_*), peak bytes and how much less that is (``peak``_*)."""
+    base = _match(base_records, field, rec[field]) if base_records else None
+    key = f"{tag}{rec[field]}"
+    return {f"{speed}_tokens_per_s_{key}": rec["tokens_per_s"],
+            f"{speed}_speedup_{key}": _ratio(rec["tokens_per_s"], base and base["tokens_per_s"]),
+            f"{peak}_bytes_{key}": rec.get("peak_bytes"),
+            f"{peak}_reduction_pct_{key}": _pct_less(rec.get("peak_bytes"), base and base.get("peak_bytes"))}
 
 
 def _match(records, key, value):

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import functools
 
-import torch
 import triton
 import triton.language as tl
 
 from perfmamba.ops.triton import split as split_l
-from perfmamba.ops.triton.selective_scan import interpreting, next_pow2, pick_config, softplus
+from perfmamba.ops.triton.selective_scan import (interpreting, next_pow2, pick_config, scan_launch_args,
+                                                 scan_launch_flags, scan_outputs, segment_decay_coef, softplus)
 
 
 @triton.jit
@@ -65,10 +65,26 @@ def _fast_exp2(x, FAST: tl.constexpr):
     if FAST:
         # MUFU.EX2 with flush-to-zero: tl.exp2 adds a denormal range fix-up (compare, two multiplies)
         # around it; the decays here are in (0, 1] and an underflow to 0 is the right answer
-        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
+        return _asm1(x, "ex2.approx.ftz.f32 $0, $1;")
     else:
         return tl.exp2(x)
+
+
+@triton.jit
+def _load_tile(t_ptrs, u_ptrs, B_ptrs, C_ptrs, z_ptrs, l, live, s_tl, s_ul, s_bl, s_cl, s_zl, d_mask, n_mask,
+               LOAD_C: tl.constexpr, LOAD_Z: tl.constexpr):
+    """delta, u, B, C, z of the STEPS steps starting at ``l`` (zeros past the end), in the input dtypes.
+    C and z are only read when the pass needs them; otherwise B and delta stand in (never used)."""
+    dt = tl.load(t_ptrs + l * s_tl, mask=d_mask & live, other=0.0)
+    u = tl.load(u_ptrs + l * s_ul, mask=d_mask & live, other=0.0)
+    Bt = tl.load(B_ptrs + l * s_bl, mask=n_mask & live, other=0.0)
+    Ct = Bt
+    if LOAD_C:
+        Ct = tl.load(C_ptrs + l * s_cl, mask=n_mask & live, other=0.0)
+    zt = dt
+    if LOAD_Z:
+        zt = tl.load(z_ptrs + l * s_zl, mask=d_mask & live, other=0.0)
+    return dt, u, Bt, Ct, zt
 
 
 # The channel strides are kept out of Triton's specialization (a stride of 1 would be seen as
@@ -142,32 +158,20 @@ def _scan_steps_kernel(
 
     # software pipelining by hand: the next tile's loads are issued before this tile's y is stored (the
     # compiler may not move a load above a store that could alias it)
-    live = (l_begin + step4) < l_end
-    dt_n = tl.load(t_ptrs + l_begin * s_tl, mask=d_mask & live, other=0.0)
-    u_n = tl.load(u_ptrs + l_begin * s_ul, mask=d_mask & live, other=0.0)
-    B_n = tl.load(B_ptrs + l_begin * s_bl, mask=n_mask & live, other=0.0)
-    if not STATES_ONLY:
-        C_n = tl.load(C_ptrs + l_begin * s_cl, mask=n_mask & live, other=0.0)
-        if HAS_Z:
-            z_n = tl.load(z_ptrs + l_begin * s_zl, mask=d_mask & live, other=0.0)
+    dt_n, u_n, B_n, C_n, z_n = _load_tile(t_ptrs, u_ptrs, B_ptrs, C_ptrs, z_ptrs, l_begin, l_begin + step4 < l_end,
+                                          s_tl, s_ul, s_bl, s_cl, s_zl, d_mask, n_mask,
+                                          not STATES_ONLY, HAS_Z and not STATES_ONLY)
     for l0 in range(l_begin, l_end, STEPS):
         live = (l0 + step4) < l_end
         dt = dt_n.to(tl.float32)
         u = u_n.to(tl.float32)
         Bt = B_n.to(tl.float32)
-        if not STATES_ONLY:
-            Ct = C_n.to(tl.float32)
-            if HAS_Z:
-                zt = z_n.to(tl.float32)
+        Ct = C_n.to(tl.float32)
+        zt = z_n.to(tl.float32)
         nxt = l0 + STEPS
-        live_n = (nxt + step4) < l_end
-        dt_n = tl.load(t_ptrs + nxt * s_tl, mask=d_mask & live_n, other=0.0)
-        u_n = tl.load(u_ptrs + nxt * s_ul, mask=d_mask & live_n, other=0.0)
-        B_n = tl.load(B_ptrs + nxt * s_bl, mask=n_mask & live_n, other=0.0)
-        if not STATES_ONLY:
-            C_n = tl.load(C_ptrs + nxt * s_cl, mask=n_mask & live_n, other=0.0)
-            if HAS_Z:
-                z_n = tl.load(z_ptrs + nxt * s_zl, mask=d_mask & live_n, other=0.0)
+        dt_n, u_n, B_n, C_n, z_n = _load_tile(t_ptrs, u_ptrs, B_ptrs, C_ptrs, z_ptrs, nxt, nxt + step4 < l_end,
+                                              s_tl, s_ul, s_bl, s_cl, s_zl, d_mask, n_mask,
+                                              not STATES_ONLY, HAS_Z and not STATES_ONLY)
 
         if HAS_DT_BIAS:
             dt = dt + dt_bias
@@ -239,15 +243,10 @@ def selective_scan_steps(u, delta, A, Bg, Cg, D, z, delta_bias, delta_softplus, 
     n_state = A.shape[1]
     groups = Bg.shape[1]
     dg = dim // groups
-    y = out if out is not None else torch.empty(bsz, seqlen, dim, device=u.device, dtype=u.dtype).transpose(1, 2)
-    hlast = (torch.empty(bsz, dim, n_state, device=u.device, dtype=torch.float32)
-             if return_last_state else None)
+    y, hlast = scan_outputs(u, n_state, out, return_last_state, channels_last=True)
     if seqlen == 0:
-        if hlast is not None:
-            hlast.zero_()
         return (y, hlast) if return_last_state else y
     interpret = interpreting()
-    zz = z if z is not None else u
     # a group stride of 0 when there is one group: Triton then knows the B/C row is 16-byte aligned
     bstr = (Bg.stride(0), Bg.stride(1) if groups > 1 else 0, Bg.stride(2), Bg.stride(3))
     cstr = (Cg.stride(0), Cg.stride(1) if groups > 1 else 0, Cg.stride(2), Cg.stride(3))
@@ -255,16 +254,8 @@ def selective_scan_steps(u, delta, A, Bg, Cg, D, z, delta_bias, delta_softplus, 
     def kernel(cfg, grid, seg, h_in, h_out, dt_sums, states_only):
         block_d, n_in, vec, steps, num_warps = cfg
         _scan_steps_kernel[grid](
-            u, delta, A, Bg, Cg, D if D is not None else u, zz, delta_bias if delta_bias is not None else u, y,
-            h_out if h_out is not None else u, h_in if h_in is not None else u,
-            dt_sums if dt_sums is not None else u,
-            seqlen, dg, groups, seg,
-            *u.stride(), *delta.stride(), *A.stride(), *bstr, *cstr, *zz.stride(), *y.stride(),
-            *split_l.seg_strides(h_out, 4), *split_l.seg_strides(h_in, 4),
-            *(dt_sums.stride() if dt_sums is not None else (0, 0, 0)),
-            N=n_state, HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), STORE_STATE=h_out is not None, HAS_INIT=h_in is not None,
-            STATES_ONLY=states_only, SPLIT=grid[2] > 1,
+            *scan_launch_args(u, delta, A, Bg, Cg, D, z, delta_bias, y, h_in, h_out, dt_sums, seg, bstr, cstr),
+            **scan_launch_flags(n_state, D, z, delta_bias, delta_softplus, h_in, h_out, states_only, grid),
             BLOCK_D=block_d, N_IN=n_in, VEC=vec, STEPS=steps, FAST_EXP=not interpret,
             FAST_ACT=not interpret and u.element_size() < 4,
             num_warps=num_warps,
@@ -274,7 +265,7 @@ def selective_scan_steps(u, delta, A, Bg, Cg, D, z, delta_bias, delta_softplus, 
         split_l.run_segmented(
             functools.partial(kernel, cfg), (bsz * groups, triton.cdiv(dg, cfg[0])), bsz, seqlen, cfg[3], u.device,
             splits, (dim, n_state), per_sm=16, warps_per_program=cfg[4], final=hlast,
-            make_coef=lambda: (A.float() * split_l.LOG2E).reshape(-1).contiguous())
+            make_coef=lambda: segment_decay_coef(A))
 
     if config is None:
         key = ("steps", n_state, next_pow2(dg), next_pow2(seqlen), bsz * groups, u.dtype, Bg.dtype, z is not None,

@@ -250,6 +250,53 @@ def _scan_configs(n_state: int, seqlen: int, channels_per_group: int):
     return cands
 
 
+def scan_outputs(u, n_state: int, out, return_last_state: bool, channels_last: bool):
+    """y (``out``, or new in u's dtype: (Bsz, D, L) contiguous, or channels-last, the channel stride 1) and
+    the final-state buffer (Bsz, D, N) fp32 or None; zeroed when the sequence is empty."""
+    bsz, dim, seqlen = u.shape
+    if out is not None:
+        y = out
+    elif channels_last:
+        y = torch.empty(bsz, seqlen, dim, device=u.device, dtype=u.dtype).transpose(1, 2)
+    else:
+        y = torch.empty(bsz, dim, seqlen, device=u.device, dtype=u.dtype)
+    hlast = torch.empty(bsz, dim, n_state, device=u.device, dtype=torch.float32) if return_last_state else None
+    if seqlen == 0 and hlast is not None:
+        hlast.zero_()
+    return y, hlast
+
+
+def scan_launch_args(u, delta, A, Bg, Cg, D, z, delta_bias, y, h_in, h_out, dt_sums, seg, b_strides, c_strides):
+    """The positional arguments both Mamba-1 scan kernels take (pointers, sizes, strides); an absent tensor
+    is replaced by u (never read).  D and delta_bias are indexed by channel with stride 1."""
+    from perfmamba.ops.triton.split import seg_strides
+    zz = z if z is not None else u
+    groups = Bg.shape[1]
+    D = D.contiguous() if D is not None else u
+    delta_bias = delta_bias.contiguous() if delta_bias is not None else u
+    return (u, delta, A, Bg, Cg, D, zz, delta_bias, y,
+            h_out if h_out is not None else u, h_in if h_in is not None else u,
+            dt_sums if dt_sums is not None else u,
+            u.shape[2], u.shape[1] // groups, groups, seg,
+            *u.stride(), *delta.stride(), *A.stride(), *b_strides, *c_strides, *zz.stride(), *y.stride(),
+            *seg_strides(h_out, 4), *seg_strides(h_in, 4),
+            *(dt_sums.stride() if dt_sums is not None else (0, 0, 0)))
+
+
+def scan_launch_flags(n_state, D, z, delta_bias, delta_softplus, h_in, h_out, states_only, grid) -> dict:
+    """The constexpr flags both Mamba-1 scan kernels take."""
+    return dict(N=n_state, HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=delta_bias is not None,
+                SOFTPLUS=bool(delta_softplus), STORE_STATE=h_out is not None, HAS_INIT=h_in is not None,
+                STATES_ONLY=states_only, SPLIT=grid[2] > 1)
+
+
+def segment_decay_coef(A):
+    """``state_passing``'s coef for Mamba-1: the decay of state n of channel d over a segment is
+    exp2(log2(e) A[d, n] * sum(delta)), so the per-channel delta sums are scaled by log2(e) A."""
+    from perfmamba.ops.triton.split import LOG2E
+    return (A.float() * LOG2E).reshape(-1).contiguous()
+
+
 def use_step_kernel(u, delta, z, n_state: int) -> bool:
     """Channels-last u / delta / z (channel stride 1, as in_proj and dt_proj write them) and at most 64
     states: the step kernel of ``scan_steps`` (no scan tree) is used instead of this module's."""
@@ -284,31 +331,17 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     Cg = Cg if Cg.stride(-1) == 1 else Cg.contiguous()
     if z is not None and z.stride(-1) != 1:
         z = z.contiguous()
-    D = D.contiguous() if D is not None else None  # indexed by channel with stride 1
-    delta_bias = delta_bias.contiguous() if delta_bias is not None else None
-    y = out if out is not None else torch.empty(bsz, dim, seqlen, device=u.device, dtype=u.dtype)
-    hlast = (torch.empty(bsz, dim, n_state, device=u.device, dtype=torch.float32)
-             if return_last_state else None)
+    y, hlast = scan_outputs(u, n_state, out, return_last_state, channels_last=False)
     if seqlen == 0:
-        if hlast is not None:
-            hlast.zero_()
         return (y, hlast) if return_last_state else y
     block_n = max(2, next_pow2(n_state))
-    zz = z if z is not None else u
 
     def kernel(cfg, grid, seg, h_in, h_out, dt_sums, states_only):
         block_l, block_d, n_in, num_warps, num_stages = cfg
         _selective_scan_kernel[grid](
-            u, delta, A, Bg, Cg, D if D is not None else u, zz, delta_bias if delta_bias is not None else u, y,
-            h_out if h_out is not None else u, h_in if h_in is not None else u,
-            dt_sums if dt_sums is not None else u,
-            seqlen, dg, groups, seg // block_l,
-            *u.stride(), *delta.stride(), *A.stride(), *Bg.stride(), *Cg.stride(), *zz.stride(), *y.stride(),
-            *split_l.seg_strides(h_out, 4), *split_l.seg_strides(h_in, 4),
-            *(dt_sums.stride() if dt_sums is not None else (0, 0, 0)),
-            N=n_state, HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), STORE_STATE=h_out is not None, HAS_INIT=h_in is not None,
-            STATES_ONLY=states_only, SPLIT=grid[2] > 1,
+            *scan_launch_args(u, delta, A, Bg, Cg, D, z, delta_bias, y, h_in, h_out, dt_sums, seg // block_l,
+                              Bg.stride(), Cg.stride()),
+            **scan_launch_flags(n_state, D, z, delta_bias, delta_softplus, h_in, h_out, states_only, grid),
             BLOCK_L=block_l, BLOCK_N=block_n, BLOCK_D=block_d, N_IN=n_in, NUM_STAGES=num_stages,
             num_warps=num_warps,
         )
@@ -318,9 +351,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         split_l.run_segmented(
             functools.partial(kernel, cfg),
             (bsz * groups, triton.cdiv(dg, block_d)), bsz, seqlen, block_l, u.device, splits, (dim, n_state),
-            per_sm=4, final=hlast,
-            # decay of state n of channel d over a segment: exp2(log2(e) A[d, n] * sum(delta))
-            make_coef=lambda: (A.float() * split_l.LOG2E).reshape(-1).contiguous())
+            per_sm=4, final=hlast, make_coef=lambda: segment_decay_coef(A))
 
     if config is None:
         # the candidates are timed once per shape class on the live inputs (see pick_config)
