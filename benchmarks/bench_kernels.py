@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import os
 import sys
 
@@ -203,10 +204,12 @@ def run_sweep():
     from perfmamba.ops.triton.selective_scan import selective_scan_triton
     from perfmamba.ops.triton.ssd import ssd_triton
     print("sweep: mamba1 scan (BLOCK_L, BLOCK_D, N_IN, num_warps, num_stages)")
-    scan_cfgs = {
-        16: [(32, 16, 8, 4, 2), (8, 32, 4, 4, 1), (8, 16, 4, 2, 1), (16, 16, 8, 4, 1), (16, 16, 8, 4, 2)],
-        8: [(32, 32, 4, 4, 2), (16, 32, 4, 4, 1), (8, 64, 2, 4, 1), (16, 16, 4, 2, 2)],
-    }
+    # the grid behind the two-warp candidates of _scan_configs (docs/benchmarks/tuning-h100/): lanes per
+    # channel x steps per tile x warps x stages, at most 256 values per thread and tensor
+    scan_cfgs = {n_state: [(bl, (32 // n_in) * nw, n_in, nw, ns)
+                           for n_in, bl, nw, ns in itertools.product((2, 4, 8), (16, 32, 64), (2, 4, 8), (1, 2))
+                           if n_in <= n_state and (n_state // n_in) * bl <= 256]
+                 for n_state in (8, 16)}
     for n_state, cfgs in scan_cfgs.items():
         args, kw = scan_inputs(n_state)
         ref = selective_scan(*args, **kw, backend="ref")
