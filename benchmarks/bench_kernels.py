@@ -11,8 +11,9 @@ Workloads (bf16 inputs, fp32 state):
 
 Each time is the median of many runs (triton.testing.do_bench: CUDA events, warm-up first).  GB/s counts
 the bytes a single pass must move (every input read once, every output written once); it is compared with
-a large device-to-device torch copy measured in the same run.  Writes kernels-h100.json and kernels-h100.md
-into --out-dir.  --sweep also times a set of tile configurations (for tuning; not written to the files).
+a large device-to-device torch copy measured in the same run.  Writes kernels-TAG.json and kernels-TAG.md
+into --out-dir (TAG: --tag, by default the GPU's model, e.g. h100 or h200).  --sweep also times a set of
+tile and walk configurations (for tuning; not written to the files).
 """
 
 from __future__ import annotations
@@ -200,9 +201,18 @@ def run_channels_last(records):
                                 rel_err_vs_reference=err, bytes=scan_bytes(args, kw)))
 
 
-def run_sweep():
+def run_sweep(parts):
     from perfmamba.ops.triton.selective_scan import selective_scan_triton
     from perfmamba.ops.triton.ssd import ssd_triton
+    if "tile" in parts:
+        sweep_tiles(selective_scan_triton)
+    if "walk" in parts:
+        sweep_walk(selective_scan_triton)
+    if "ssd" in parts:
+        sweep_ssd(ssd_triton)
+
+
+def sweep_tiles(selective_scan_triton):
     print("sweep: mamba1 scan (BLOCK_L, BLOCK_D, N_IN, num_warps, num_stages)")
     # the grid behind the two-warp candidates of _scan_configs (docs/benchmarks/tuning-h100/): lanes per
     # channel x steps per tile x warps x stages, at most 256 values per thread and tensor
@@ -220,6 +230,26 @@ def run_sweep():
                 print(f"  N={n_state} cfg={cfg}: {ms:.4f} ms  rel_err {err:.1e}")
             except Exception as e:  # noqa: BLE001
                 print(f"  N={n_state} cfg={cfg}: failed {type(e).__name__}: {str(e)[:120]}")
+
+
+def sweep_walk(selective_scan_triton):
+    print("sweep: mamba1 walk kernel (\"walk\", BLOCK_L, N_IN, num_warps, prefetch)")
+    walk_cfgs = [("walk", bl, n_in, nw, pf) for bl, n_in, nw, pf in itertools.product((8, 16), (2, 4, 8), (2, 4), (0, 1))]
+    for n_state in (16, 8):
+        args, kw = scan_inputs(n_state)
+        ref = selective_scan(*args, **kw, backend="ref")
+        for cfg in walk_cfgs:
+            if cfg[2] > n_state or (n_state // cfg[2]) * cfg[1] > 128:
+                continue
+            try:
+                err = rel_err(selective_scan_triton(*args, **kw, config=cfg), ref)
+                ms = bench(lambda: selective_scan_triton(*args, **kw, config=cfg))
+                print(f"  N={n_state} cfg={cfg}: {ms:.4f} ms  rel_err {err:.1e}")
+            except Exception as e:  # noqa: BLE001
+                print(f"  N={n_state} cfg={cfg}: failed {type(e).__name__}: {str(e)[:120]}")
+
+
+def sweep_ssd(ssd_triton):
     print("sweep: mamba2 ssd (BLOCK_T, BLOCK_P, num_warps, num_stages)")
     for n_state in (128, 96):
         args, kw = ssd_inputs(n_state)
@@ -233,9 +263,17 @@ def run_sweep():
                 print(f"  N={n_state} cfg={cfg}: failed {type(e).__name__}: {str(e)[:120]}")
 
 
-def write_outputs(records, meta, out_dir):
+def device_tag(name: str) -> str:
+    """h100 / h200 / ... from the GPU's name (the files' suffix)."""
+    for tag in ("h100", "h200", "b200", "a100"):
+        if tag in name.lower():
+            return tag
+    return "".join(ch for ch in name.lower() if ch.isalnum())[:16] or "gpu"
+
+
+def write_outputs(records, meta, out_dir, tag):
     os.makedirs(out_dir, exist_ok=True)
-    write_json_atomic(os.path.join(out_dir, "kernels-h100.json"), [dict(rec, **meta) for rec in records])
+    write_json_atomic(os.path.join(out_dir, f"kernels-{tag}.json"), [dict(rec, **meta) for rec in records])
     lines = [f"# Kernel benchmarks: {meta['device']}", "",
              f"torch {meta['torch']}, triton {meta['triton']}, CUDA {meta['cuda']}, {meta['date']}.  "
              f"Median of many runs (triton.testing.do_bench); device copy bandwidth measured in the same run: "
@@ -267,23 +305,26 @@ def write_outputs(records, meta, out_dir):
         ts = [by[f"mamba2_ssd N={n}"] for n in ssd_ns]
         checks.append(("Mamba-2 SSD time non-increasing N 128 -> 96 -> 64 -> 32",
                        all(a >= b for a, b in zip(ts, ts[1:])), " -> ".join(f"{t:.3f}" for t in ts) + " ms"))
-    lines += ["", "Targets (H100, bf16):", "", "| target | met | measured |", "| --- | --- | --- |"]
+    lines += ["", f"Targets ({meta['device']}, bf16; the issue states them for an H100):", "",
+              "| target | met | measured |", "| --- | --- | --- |"]
     lines += [f"| {name} | {'yes' if ok else 'NO'} | {val} |" for name, ok, val in checks]
-    write_text_atomic(os.path.join(out_dir, "kernels-h100.md"), "\n".join(lines) + "\n")
+    write_text_atomic(os.path.join(out_dir, f"kernels-{tag}.md"), "\n".join(lines) + "\n")
     return lines
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", default=os.path.join("docs", "benchmarks"))
-    parser.add_argument("--sweep", action="store_true", help="also time tile configurations")
+    parser.add_argument("--sweep", nargs="?", const="tile,walk,ssd", default="",
+                        help="also time configurations: a comma list of tile, walk, ssd (default all)")
     parser.add_argument("--no-main", action="store_true", help="skip the main table (with --sweep)")
+    parser.add_argument("--tag", default=None, help="output file suffix (default: from the GPU's name)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_kernels.py needs a CUDA GPU")
     import triton
     if args.sweep:
-        run_sweep()
+        run_sweep(set(args.sweep.split(",")))
     if args.no_main:
         return
     copy_bw = copy_bandwidth()
@@ -294,7 +335,7 @@ def main():
                 copy_GB_per_s=copy_bw / 1e9, mamba_ssm_available=mamba_ssm_fns() is not None)
     from perfmamba.ops.triton.selective_scan import _TUNED
     meta["tuned_configs"] = {str(k): list(v) for k, v in _TUNED.items()}
-    lines = write_outputs(records, meta, args.out_dir)
+    lines = write_outputs(records, meta, args.out_dir, args.tag or device_tag(meta["device"]))
     print("tuned configs:", meta["tuned_configs"])
     print("\n".join(lines))
 

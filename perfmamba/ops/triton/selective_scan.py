@@ -310,9 +310,12 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
 
     u, delta, z: (Bsz, D, L); A: (D, N); B, C: (Bsz, N, L) or (Bsz, G, N, L); D, delta_bias: (D,).
     ``out`` (Bsz, D, L) may be passed to receive y (tests pre-fill it with NaN); ``config`` overrides the
-    (BLOCK_L, BLOCK_D, N_IN, num_warps, num_stages) choice; ``splits`` the number of sequence segments
+    choice: (BLOCK_L, BLOCK_D, N_IN, num_warps, num_stages) for this module's tile kernel, or
+    ("walk", BLOCK_L, N_IN, num_warps, num_stages) for the step-walking kernel of ``scan_walk``;
+    ``splits`` the number of sequence segments
     run in parallel (``perfmamba.ops.triton.split``; default: enough to fill the GPU).
     """
+    from perfmamba.ops.triton import scan_walk
     from perfmamba.ops.triton import split as split_l
     bsz, dim, seqlen = u.shape
     n_state = A.shape[1]
@@ -337,26 +340,36 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     block_n = max(2, next_pow2(n_state))
 
     def kernel(cfg, grid, seg, h_in, h_out, dt_sums, states_only):
-        block_l, block_d, n_in, num_warps, num_stages = cfg
+        block_l = cfg[1] if cfg[0] == "walk" else cfg[0]
+        args = scan_launch_args(u, delta, A, Bg, Cg, D, z, delta_bias, y, h_in, h_out, dt_sums, seg // block_l,
+                                Bg.stride(), Cg.stride())
+        flags = scan_launch_flags(n_state, D, z, delta_bias, delta_softplus, h_in, h_out, states_only, grid)
+        if cfg[0] == "walk":
+            scan_walk.launch_walk(cfg, grid, u.element_size(), interpreting(), block_n, args, flags)
+            return
+        _, block_d, n_in, num_warps, num_stages = cfg
         _selective_scan_kernel[grid](
-            *scan_launch_args(u, delta, A, Bg, Cg, D, z, delta_bias, y, h_in, h_out, dt_sums, seg // block_l,
-                              Bg.stride(), Cg.stride()),
-            **scan_launch_flags(n_state, D, z, delta_bias, delta_softplus, h_in, h_out, states_only, grid),
-            BLOCK_L=block_l, BLOCK_N=block_n, BLOCK_D=block_d, N_IN=n_in, NUM_STAGES=num_stages,
+            *args, **flags, BLOCK_L=block_l, BLOCK_N=block_n, BLOCK_D=block_d, N_IN=n_in, NUM_STAGES=num_stages,
             num_warps=num_warps,
         )
 
     def launch(cfg):
-        block_l, block_d = cfg[0], cfg[1]
+        walk = cfg[0] == "walk"
+        block_l, block_d = (cfg[1], scan_walk.walk_block_d(cfg)) if walk else (cfg[0], cfg[1])
+        # the walk kernel's programs are latency-bound walks: split by warps, like the step kernel
         split_l.run_segmented(
             functools.partial(kernel, cfg),
             (bsz * groups, triton.cdiv(dg, block_d)), bsz, seqlen, block_l, u.device, splits, (dim, n_state),
-            per_sm=4, final=hlast, make_coef=lambda: segment_decay_coef(A))
+            per_sm=16 if walk else 4, warps_per_program=cfg[3] if walk else None, final=hlast,
+            make_coef=lambda: segment_decay_coef(A))
 
     if config is None:
         # the candidates are timed once per shape class on the live inputs (see pick_config)
         key = ("scan", block_n, next_pow2(dg), next_pow2(seqlen), bsz * groups, u.dtype, Bg.dtype, z is not None,
                splits)
-        config = pick_config(key, _scan_configs(n_state, seqlen, dg), launch)
+        candidates = _scan_configs(n_state, seqlen, dg)
+        if not interpreting():  # the interpreter uses the first candidate only
+            candidates += scan_walk.walk_configs(n_state, u.element_size(), False)
+        config = pick_config(key, candidates, launch)
     launch(config)
     return (y, hlast) if return_last_state else y

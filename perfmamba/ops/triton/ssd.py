@@ -11,7 +11,15 @@ a_t = dt_t A (one scalar per head and step) and acum its cumulative sum inside t
 All four products are tensor-core dots.  Because the state never leaves the program there is no
 chunk-state tensor in memory and no separate state-passing pass: x, dt, B, C are read once per program
 and y written once, in a single launch.  The price is that C B^T is recomputed by each head of a group
-(and each P block); it is the cheapest of the four dots at BLOCK_T <= BLOCK_N.
+(and each P block); it is the cheapest of the four dots at BLOCK_T <= N.
+
+The N axis is padded to power-of-two tiles (tl.arange and tl.dot need powers of two, each >= 16).  One
+tile of next_pow2(N) would make N = 96 cost as much as 128, so when it wastes less padding the state is
+split into two tiles of BLOCK_N + BLOCK_N2 states (96 = 64 + 32, 40 = 32 + 16; ``state_tiles`` picks
+them): the program then keeps two state tiles h1, h2 and loads two B^T / C tiles, the N sums of C h and
+C B^T become two dots into one accumulator, and each tile's state update is its own dot.  The second
+tile is a compile-time branch (BLOCK_N2 = 0: absent), so a power-of-two N compiles to the single-tile
+kernel.  In memory the states stay (Bsz, [S,] H, P, N); each tile reads and writes its own N range.
 
 ``chunk_size`` only sets the chunk granularity of the reference algorithm; it changes rounding, not the
 result, so the kernel uses its own BLOCK_T (a power of two <= chunk_size).  16-bit inputs feed 16-bit
@@ -49,7 +57,8 @@ def _ssd_fused_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     CLAMP_DT: tl.constexpr, HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, STATES_ONLY: tl.constexpr,
     SPLIT: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     pid_p = tl.program_id(1)
@@ -71,6 +80,12 @@ def _ssd_fused_kernel(
     n_mask = offs_n < N
     offs_t = tl.arange(0, BLOCK_T)
     np_mask = n_mask[:, None] & p_mask[None, :]  # (BLOCK_N, BLOCK_P)
+    # Every `if BLOCK_N2 > 0:` below is resolved at compile time: with one tile (BLOCK_N2 = 0) none of the
+    # second tile's code exists, and the kernel is the single-tile one whose register use is tuned.
+    if BLOCK_N2 > 0:  # states BLOCK_N .. BLOCK_N + BLOCK_N2 - 1 (the first tile is then full)
+        offs_n2 = BLOCK_N + tl.arange(0, BLOCK_N2)
+        n_mask2 = offs_n2 < N
+        np_mask2 = n_mask2[:, None] & p_mask[None, :]  # (BLOCK_N2, BLOCK_P)
 
     # exp(x) is computed as exp2(x * log2 e): fold log2 e into A once.
     A2 = tl.load(A_ptr + head).to(tl.float32) * 1.4426950408889634
@@ -79,18 +94,25 @@ def _ssd_fused_kernel(
     if HAS_D:
         d_skip = tl.load(D_ptr + head * s_dh + offs_p * s_dp, mask=p_mask, other=0.0).to(tl.float32)
 
-    # h^T: the running state, N x BLOCK_P, fp32
+    # h^T: the running state, N x BLOCK_P, fp32 (with two tiles: h, states 0 .. BLOCK_N - 1, and h2)
     if HAS_INIT:
-        h = tl.load(h0_ptr + b * s_ib + seg * s_is + head * s_ih + offs_p[None, :] * s_ip + offs_n[:, None] * s_in,
-                    mask=np_mask, other=0.0).to(tl.float32)
+        h0_base = h0_ptr + b * s_ib + seg * s_is + head * s_ih + offs_p[None, :] * s_ip
+        h = tl.load(h0_base + offs_n[:, None] * s_in, mask=np_mask, other=0.0).to(tl.float32)
+        if BLOCK_N2 > 0:
+            h2 = tl.load(h0_base + offs_n2[:, None] * s_in, mask=np_mask2, other=0.0).to(tl.float32)
     else:
         h = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
+        if BLOCK_N2 > 0:
+            h2 = tl.zeros((BLOCK_N2, BLOCK_P), dtype=tl.float32)
 
     x_base = x_ptr + b * s_xb + head * s_xh + offs_p[None, :] * s_xp  # + t * s_xl
     y_base = y_ptr + b * s_yb + head * s_yh + offs_p[None, :] * s_yp
     dt_base = dt_ptr + b * s_tb + head * s_th
     B_base = B_ptr + b * s_bb + grp * s_bg + offs_n[:, None] * s_bn  # transposed tile (N, T)
     C_base = C_ptr + b * s_cb + grp * s_cg + offs_n[None, :] * s_cn  # (T, N)
+    if BLOCK_N2 > 0:
+        B2_base = B_ptr + b * s_bb + grp * s_bg + offs_n2[:, None] * s_bn
+        C2_base = C_ptr + b * s_cb + grp * s_cg + offs_n2[None, :] * s_cn
     if HAS_Z:
         z_base = z_ptr + b * s_zb + head * s_zh + offs_p[None, :] * s_zp
     causal = offs_t[:, None] >= offs_t[None, :]  # (T, T): s <= t
@@ -117,12 +139,24 @@ def _ssd_fused_kernel(
         if not STATES_ONLY:
             Cc = tl.load(C_base + t[:, None] * s_cl, mask=t_mask[:, None] & n_mask[None, :], other=0.0).to(x.dtype)
         Bt = tl.load(B_base + t[None, :] * s_bl, mask=n_mask[:, None] & t_mask[None, :], other=0.0).to(x.dtype)
+        if BLOCK_N2 > 0:
+            if not STATES_ONLY:
+                Cc2 = tl.load(C2_base + t[:, None] * s_cl, mask=t_mask[:, None] & n_mask2[None, :],
+                              other=0.0).to(x.dtype)
+            Bt2 = tl.load(B2_base + t[None, :] * s_bl, mask=n_mask2[:, None] & t_mask[None, :],
+                          other=0.0).to(x.dtype)
 
         if not STATES_ONLY:
-            # entering state: (T, N) @ (N, BLOCK_P), scaled by the decay up to each step
-            y = tl.dot(Cc, h.to(x.dtype), input_precision=PRECISION) * tl.exp2(acum)[:, None]
+            # entering state: (T, N) @ (N, BLOCK_P), scaled by the decay up to each step; with two tiles the
+            # N sum is split in two dots into one accumulator, and the decay scales their sum
+            y = tl.dot(Cc, h.to(x.dtype), input_precision=PRECISION)
+            if BLOCK_N2 > 0:
+                y = tl.dot(Cc2, h2.to(x.dtype), acc=y, input_precision=PRECISION)
+            y = y * tl.exp2(acum)[:, None]
             # the chunk itself: causal, decay-weighted C B^T times dt_s x_s
             cb = tl.dot(Cc, Bt, input_precision=PRECISION)  # (T, T) fp32
+            if BLOCK_N2 > 0:
+                cb = tl.dot(Cc2, Bt2, acc=cb, input_precision=PRECISION)
             decay = tl.where(causal, acum[:, None] - acum[None, :], -float("inf"))
             scores = cb * tl.exp2(decay) * dt[None, :]
             y = tl.dot(scores.to(x.dtype), x, acc=y, input_precision=PRECISION)
@@ -132,6 +166,9 @@ def _ssd_fused_kernel(
         w = tl.exp2(a_end - acum) * dt  # (T,)
         Bw = (Bt.to(tl.float32) * w[None, :]).to(x.dtype)  # (N, T)
         h = tl.dot(Bw, x, acc=h * tl.exp2(a_end), input_precision=PRECISION)
+        if BLOCK_N2 > 0:  # the state's rows are independent: each tile is updated on its own
+            Bw2 = (Bt2.to(tl.float32) * w[None, :]).to(x.dtype)
+            h2 = tl.dot(Bw2, x, acc=h2 * tl.exp2(a_end), input_precision=PRECISION)
 
         if not STATES_ONLY:
             if HAS_D:
@@ -142,10 +179,29 @@ def _ssd_fused_kernel(
             tl.store(y_base + t[:, None] * s_yl, y.to(y_ptr.dtype.element_ty), mask=tp_mask)
 
     if STORE_FINAL:
-        tl.store(hT_ptr + b * s_fb + seg * s_fs + head * s_fh + offs_p[None, :] * s_fp + offs_n[:, None] * s_fn,
-                 h, mask=np_mask)
+        hT_base = hT_ptr + b * s_fb + seg * s_fs + head * s_fh + offs_p[None, :] * s_fp
+        tl.store(hT_base + offs_n[:, None] * s_fn, h, mask=np_mask)
+        if BLOCK_N2 > 0:
+            tl.store(hT_base + offs_n2[:, None] * s_fn, h2, mask=np_mask2)
     if STATES_ONLY:
         tl.store(asum_ptr + b * s_ab + seg * s_as + head, a_total, mask=pid_p == 0)
+
+
+def state_tiles(n_state: int) -> tuple[int, int]:
+    """(BLOCK_N, BLOCK_N2): the power-of-two state tiles covering N states; BLOCK_N2 = 0 for one tile.
+
+    Each tile is >= 16 (every dimension of tl.dot).  One tile pads N to M = max(16, next_pow2(N)); two
+    tiles can do better only as M/2 + a second tile covering the rest, M/2 + max(16, next_pow2(N - M/2))
+    (a smaller first tile leaves more than M/2 for the second, which then needs M/2 or more itself).  Two tiles are used only when that is
+    strictly less padding (96 = 64 + 32, 40 = 32 + 16); on a tie (112: 64 + 64 = 128, or 17: 16 + 16 = 32)
+    one tile does the same work in fewer, larger dots.
+    """
+    one = max(16, next_pow2(n_state))
+    first = one // 2
+    if first < 16:
+        return one, 0
+    second = max(16, next_pow2(n_state - first))
+    return (first, second) if first + second < one else (one, 0)
 
 
 def _ssd_configs(headdim: int, n_state: int, chunk_size: int):
@@ -194,7 +250,7 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
         if final is not None:
             final.copy_(initial_states) if initial_states is not None else final.zero_()
         return (y, final) if return_final_states else y
-    block_n = max(16, next_pow2(n_state))
+    block_n, block_n2 = state_tiles(n_state)
     dt_min, dt_max = float(dt_limit[0]), float(dt_limit[1])
     clamp = (dt_min, dt_max) != (0.0, math.inf)
     if D is not None:
@@ -216,7 +272,7 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
             N=n_state, HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None,
             SOFTPLUS=bool(dt_softplus), CLAMP_DT=clamp, HAS_INIT=h_in is not None,
             STORE_FINAL=h_out is not None, STATES_ONLY=states_only, SPLIT=grid[2] > 1,
-            BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n,
+            BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_N2=block_n2,
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             num_warps=num_warps, num_stages=num_stages,
         )
@@ -230,7 +286,9 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
             (nheads, headdim, n_state), init=initial_states, final=final)
 
     if config is None:
-        key = ("ssd", block_n, next_pow2(headdim), next_pow2(seqlen), bsz * nheads, x.dtype, z is not None, splits)
+        # the tile split is part of the shape class: 96 (64 + 32) and 128 (one tile) are different kernels
+        key = ("ssd", block_n, block_n2, next_pow2(headdim), next_pow2(seqlen), bsz * nheads, x.dtype,
+               z is not None, splits)
         config = pick_config(key, _ssd_configs(headdim, n_state, int(chunk_size)), launch)
     launch(config)
     return (y, final) if return_final_states else y

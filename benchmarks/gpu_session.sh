@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One device call: the GPU tests of the kernels, then the kernel and model benchmarks, results under $OUT
+# (or ./gpu-out).  Usage: bash benchmarks/gpu_session.sh [tests|kernels|models|sweep|profile ...]
+# (default: tests kernels models).  Runs from the repository root with PYTHONPATH=. .
+set -uo pipefail
+out=${OUT:-gpu-out}
+mkdir -p "$out"
+export PYTHONPATH=. PYTHONUNBUFFERED=1
+parts=${*:-tests kernels models}
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv | tee "$out/device.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/device.txt"
+for part in $parts; do
+    start=$(date +%s)
+    case $part in
+        tests) python3 -m pytest -q -x -p no:cacheprovider tests/ops/test_ssd_two_tiles.py \
+                   tests/ops/test_triton_kernels.py -k "GPU and not every_scan_candidate" 2>&1 | tail -15 ;;
+        every) python3 -m pytest -q -x -p no:cacheprovider tests/ops/test_triton_kernels.py -k every_scan_candidate \
+                   2>&1 | tail -5 ;;
+        models-tests) python3 -m pytest -q -x -p no:cacheprovider tests/models/test_gpu_model.py 2>&1 | tail -8 ;;
+        sweep) python3 benchmarks/bench_kernels.py --sweep walk,ssd --no-main 2>&1 | tee "$out/sweep.txt" | tail -60 ;;
+        kernels) python3 benchmarks/bench_kernels.py --out-dir "$out" 2>&1 | tail -40 ;;
+        models) python3 benchmarks/bench_models.py --tag "${TAG:-h200}" --out "$out" 2>&1 | tail -25 ;;
+        *) echo "unknown part $part"; exit 2 ;;
+    esac
+    echo "== $part took $(( $(date +%s) - start )) s"
+done
