@@ -12,14 +12,20 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 for part in $parts; do
     start=$(date +%s)
     case $part in
-        tests) python3 -m pytest -q -x -p no:cacheprovider tests/ops/test_ssd_two_tiles.py \
-                   tests/ops/test_triton_kernels.py -k "GPU and not every_scan_candidate" 2>&1 | tail -15 ;;
+        # every part writes its whole log under $out (a pipe into tail would lose it when a limit kills it)
+        tests) python3 -m pytest -q -x -p no:cacheprovider --durations=15 tests/ops/test_ssd_two_tiles.py \
+                   tests/ops/test_triton_kernels.py -k "GPU and not every_scan_candidate" >"$out/tests.log" 2>&1
+               tail -25 "$out/tests.log" ;;
         every) python3 -m pytest -q -x -p no:cacheprovider tests/ops/test_triton_kernels.py -k every_scan_candidate \
-                   2>&1 | tail -5 ;;
-        models-tests) python3 -m pytest -q -x -p no:cacheprovider tests/models/test_gpu_model.py 2>&1 | tail -8 ;;
-        sweep) python3 benchmarks/bench_kernels.py --sweep walk,ssd --no-main 2>&1 | tee "$out/sweep.txt" | tail -60 ;;
-        kernels) python3 benchmarks/bench_kernels.py --out-dir "$out" 2>&1 | tail -40 ;;
-        models) python3 benchmarks/bench_models.py --tag "${TAG:-h200}" --out "$out" 2>&1 | tail -25 ;;
+                   >"$out/every.log" 2>&1; tail -5 "$out/every.log" ;;
+        models-tests) python3 -m pytest -q -x -p no:cacheprovider tests/models/test_gpu_model.py >"$out/mtests.log" 2>&1
+                      tail -8 "$out/mtests.log" ;;
+        sweep) python3 benchmarks/bench_kernels.py --sweep walk,ssd --no-main >"$out/sweep.txt" 2>&1
+               tail -60 "$out/sweep.txt" ;;
+        kernels) python3 benchmarks/bench_kernels.py --out-dir "$out" >"$out/kernels.log" 2>&1
+                 tail -40 "$out/kernels.log" ;;
+        models) python3 benchmarks/bench_models.py --tag "${TAG:-h200}" --out "$out" >"$out/models.log" 2>&1
+                tail -25 "$out/models.log" ;;
         *) echo "unknown part $part"; exit 2 ;;
     esac
     echo "== $part took $(( $(date +%s) - start )) s"

@@ -16,7 +16,9 @@ G = 1, M = d_inner; Mamba-2: M = heads-per-group x headdim), and for channel m, 
 (dt after bias and softplus; A per (m, n) for Mamba-1, per head for Mamba-2).  Every sum below is over
 batch, tokens (and channels m where stated), so memory is independent of the number of tokens:
 
-* ``activity``  (G, N):    sum |C| |du| |B| surv(dt A)       (the delta score, see ``scores.py``)
+* ``readout2``  (G, N):    sum C^2                                 (the delta score, see ``scores.py``)
+* ``write2``    (G, M, N): sum over tokens of du^2 B^2 surv(2 dt A) (the delta score)
+* ``activity``  (G, N):    sum |C| |du| |B| surv(dt A)       (the delta-abs ablation)
 * ``gate``      (G, N):    sum |1 - a| |B| |C|                (the delta-gate ablation)
 * ``wc``        (G, M, N): sum over tokens of h^2            (controllability; energy = its sum over m)
 * ``out_abs``   (G, N):    sum |C h|
@@ -151,7 +153,8 @@ def linear_recurrence(log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) ->
 
 def survival(log_a: torch.Tensor, horizon: int) -> torch.Tensor:
     """sum_{k<horizon} exp(k log_a) = (1 - a^H) / (1 - a): how much of one write is still there, summed over
-    the next ``horizon`` steps at this step's decay (-> horizon as log_a -> 0)."""
+    the next ``horizon`` steps at this step's decay (-> horizon as log_a -> 0).  With 2 log_a: the same for
+    the write's square (its energy)."""
     la = log_a.clamp(max=-1e-12)
     return torch.expm1(horizon * la) / torch.expm1(la)
 
@@ -192,6 +195,9 @@ def _accumulate_forward(stats: LayerStats, view: ScanView, need: set, horizon: i
             bc = B.abs() * C.abs()  # (Bsz, G, 1, T, N)
             stats.add("activity", (drive * bc).sum((0, 2, 3)))  # (G, N)
             stats.add("gate", ((-torch.expm1(log_a)).sum(2, keepdim=True) * bc).sum((0, 2, 3)))
+            # delta: E_t C^2 and, per channel m, E_t (du B)^2 surv(2 dt A) (the write's energy over H steps)
+            stats.add("readout2", C.square().sum((0, 2, 3)))  # (G, N)
+            stats.add("write2", _write_energy(du.square() * survival(2 * log_a, horizon), B.square()))
         if h is not None:
             states = linear_recurrence(log_a, du * B, h)  # (Bsz, G, M, T, N)
             h = states[..., -1, :]
@@ -199,6 +205,14 @@ def _accumulate_forward(stats: LayerStats, view: ScanView, need: set, horizon: i
             stats.add("out_abs", (states * C).abs().sum((0, 2, 3)))  # (G, N)
     if "observability" in need:
         _accumulate_observability(stats, view)
+
+
+def _write_energy(drive2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+    """sum over batch and tokens of drive2 * b2 -> (G, M, N); drive2 (Bsz, G, M, T, N or 1), b2 (Bsz, G, 1, T, N).
+    When the decay does not depend on n (Mamba-2) this is a product over tokens, without a (.., M, T, N) tensor."""
+    if drive2.shape[-1] == 1:
+        return torch.einsum("bgmt,bgtn->gmn", drive2[..., 0], b2[:, :, 0])
+    return (drive2 * b2).sum((0, 3))
 
 
 def _accumulate_observability(stats: LayerStats, view: ScanView) -> None:
@@ -247,7 +261,7 @@ def collect_stats(model, ids: torch.Tensor, kinds=("activity", "states"), batch_
     """Forward statistics (see the module doc) over calibration token ids (n_seqs, L); one LayerStats per layer.
 
     ``kinds`` from STAT_KINDS minus "taylor" (see :func:`collect_taylor`).  ``horizon``: the survival horizon
-    of the activity score (default: the calibration length L).  Pass ``stats`` to add to earlier sums.
+    of the delta scores (default: the calibration length L).  Pass ``stats`` to add to earlier sums.
     """
     need = _need_for(kinds) - {"taylor"}
     stats = stats if stats is not None else _new_stats(model)

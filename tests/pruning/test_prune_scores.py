@@ -70,7 +70,7 @@ def test_delta_formula_mamba1_hand_computed():
             "delta_bias": None, "delta_softplus": False}
     stats = cal.LayerStats(groups=1, channels=1, d_state=2)
     cal._accumulate_forward(stats, cal.scan_view("mamba1", args), {"activity"}, horizon=3)
-    (score,) = compute_scores("delta", None, [stats])
+    (score,) = compute_scores("delta-abs", None, [stats])
     (gate,) = compute_scores("delta-gate", None, [stats])
     for n in range(2):
         expected = sum(abs(C[t][n]) * abs(B[t][n]) * dt[t] * abs(u[t]) * _surv(math.exp(dt[t] * A[n]), 3)
@@ -92,11 +92,94 @@ def test_delta_formula_mamba2_groups_hand_computed():
             "dt_bias": torch.tensor(dt_bias), "dt_softplus": True, "dt_limit": (0.0, float("inf"))}
     stats = cal.LayerStats(groups=2, channels=1, d_state=1)
     cal._accumulate_forward(stats, cal.scan_view("mamba2", args), {"activity"}, horizon=4)
-    (score,) = compute_scores("delta", None, [stats])
+    (score,) = compute_scores("delta-abs", None, [stats])
     for g in range(2):
         step = math.log1p(math.exp(dt_raw[g] + dt_bias[g]))
         expected = abs(C[g][0]) * abs(B[g][0]) * step * abs(x[g]) * _surv(math.exp(step * A[g]), 4)
         assert score[g, 0].item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_delta_rms_formula_mamba1_hand_computed():
+    # two channels (D = 2), two states, three tokens; A per (channel, state); no bias or softplus
+    dt = [[0.5, 1.0, 0.2], [0.1, 0.3, 2.0]]  # dt[m][t]
+    u = [[2.0, -1.0, 0.5], [1.0, 3.0, -2.0]]
+    A = [[-1.0, -3.0], [-0.2, -0.7]]  # A[m][n]
+    B = [[1.0, -2.0], [0.5, 1.0], [-1.5, 0.25]]  # B[t][n]
+    C = [[3.0, 1.0], [-1.0, 2.0], [0.5, -0.5]]
+    args = {"u": torch.tensor([u]), "delta": torch.tensor([dt]), "A": torch.tensor(A),
+            "B": torch.tensor([B]).transpose(1, 2), "C": torch.tensor([C]).transpose(1, 2),
+            "delta_bias": None, "delta_softplus": False}
+    stats = cal.LayerStats(groups=1, channels=2, d_state=2)
+    cal._accumulate_forward(stats, cal.scan_view("mamba1", args), {"activity"}, horizon=5)
+    (score,) = compute_scores("delta", None, [stats])
+    for n in range(2):
+        readout = math.sqrt(sum(C[t][n] ** 2 for t in range(3)) / 3)
+        state = sum(math.sqrt(sum((dt[m][t] * u[m][t] * B[t][n]) ** 2 * _surv(math.exp(2 * dt[m][t] * A[m][n]), 5)
+                                  for t in range(3)) / 3) for m in range(2)) / 2
+        assert score[0, n].item() == pytest.approx(readout * state, rel=1e-6)
+
+
+def test_delta_rms_formula_mamba2_hand_computed():
+    # two heads of headdim 2 in one group, two states, two tokens; softplus on dt + bias
+    x = [[[1.0, -2.0], [0.5, 1.5]], [[-1.0, 0.5], [2.0, -0.25]]]  # x[t][head][p]
+    dt_raw, dt_bias = [[0.0, 1.0], [-1.0, 0.5]], [0.5, -0.5]  # dt_raw[t][head]
+    A = [-2.0, -0.5]
+    B = [[1.5, -0.5], [-1.0, 2.0]]  # B[t][n]
+    C = [[2.0, 0.1], [0.5, -1.0]]
+    args = {"x": torch.tensor(x).view(1, 2, 2, 2), "dt": torch.tensor(dt_raw).view(1, 2, 2),
+            "A": torch.tensor(A), "B": torch.tensor(B).view(1, 2, 1, 2), "C": torch.tensor(C).view(1, 2, 1, 2),
+            "dt_bias": torch.tensor(dt_bias), "dt_softplus": True, "dt_limit": (0.0, float("inf"))}
+    stats = cal.LayerStats(groups=1, channels=4, d_state=2)
+    cal._accumulate_forward(stats, cal.scan_view("mamba2", args), {"activity"}, horizon=4)
+    (score,) = compute_scores("delta", None, [stats])
+    for n in range(2):
+        readout = math.sqrt(sum(C[t][n] ** 2 for t in range(2)) / 2)
+        state = 0.0
+        for h in range(2):
+            for p in range(2):
+                energy = 0.0
+                for t in range(2):
+                    step = math.log1p(math.exp(dt_raw[t][h] + dt_bias[h]))
+                    energy += (step * x[t][h][p] * B[t][n]) ** 2 * _surv(math.exp(2 * step * A[h]), 4)
+                state += math.sqrt(energy / 2)
+        assert score[0, n].item() == pytest.approx(readout * state / 4, rel=1e-6)
+
+
+def _random_m1_args(seqlen, seed, n_state=4):
+    g = torch.Generator().manual_seed(seed)
+    return {"u": torch.randn(1, 3, seqlen, generator=g), "delta": torch.rand(1, 3, seqlen, generator=g),
+            "A": -torch.rand(3, n_state, generator=g) - 0.1, "B": torch.randn(1, n_state, seqlen, generator=g),
+            "C": torch.randn(1, n_state, seqlen, generator=g), "delta_bias": None, "delta_softplus": False}
+
+
+def _score(args, method):
+    stats = cal.LayerStats(groups=1, channels=3, d_state=args["A"].shape[1])
+    cal._accumulate_forward(stats, cal.scan_view("mamba1", args), {"activity"}, horizon=16)
+    return compute_scores(method, None, [stats])[0][0]
+
+
+def test_delta_reads_out_at_later_tokens_not_only_the_writing_one():
+    # the read-out is its own expectation over tokens: shuffling C in time leaves delta unchanged, while the
+    # same-token ablation (delta-abs) changes, since it pairs C with the write of the same token
+    args = _random_m1_args(24, seed=3)
+    shuffled = dict(args, C=args["C"][:, :, torch.randperm(24, generator=torch.Generator().manual_seed(1))])
+    assert torch.allclose(_score(args, "delta"), _score(shuffled, "delta"), rtol=1e-6)
+    assert not torch.allclose(_score(args, "delta-abs"), _score(shuffled, "delta-abs"), rtol=1e-3)
+
+
+def test_delta_ranks_by_drive_readout_and_survival():
+    args = _random_m1_args(32, seed=4)
+    B, C, A = args["B"].clone(), args["C"].clone(), args["A"].clone()
+    B[:, 0] = 0.0  # state 0 is never written
+    C[:, 1] = 0.0  # state 1 is never read
+    B[:, 2], C[:, 2], B[:, 3], C[:, 3] = B[:, 3], C[:, 3], B[:, 3], C[:, 3]  # states 2, 3: same B and C ...
+    A[:, 2], A[:, 3] = -0.05, -2.0  # ... but 2 remembers (small |A|) and 3 forgets at once
+    score = _score(dict(args, B=B, C=C, A=A), "delta")
+    assert score[0].item() == 0.0 and score[1].item() == 0.0
+    assert score[2] > 2 * score[3] > 0
+    # scaling the drive of every channel by c scales the score by |c|; the read-out likewise
+    twice = _score(dict(args, B=B, C=3 * C, A=A, u=-2 * args["u"]), "delta")
+    assert torch.allclose(twice, 6 * score, rtol=1e-6)
 
 
 def _loop_states(view):
