@@ -234,11 +234,13 @@ def sweep_tiles(selective_scan_triton):
 
 def sweep_walk(selective_scan_triton):
     print("sweep: mamba1 walk kernel (\"walk\", BLOCK_L, N_IN, num_warps, prefetch)")
-    walk_cfgs = [("walk", bl, n_in, nw, pf) for bl, n_in, nw, pf in itertools.product((8, 16), (2, 4, 8), (2, 4), (0, 1))]
+    from perfmamba.ops.triton.scan_walk import walk_configs
     for n_state in (16, 8):
         args, kw = scan_inputs(n_state)
         ref = selective_scan(*args, **kw, backend="ref")
-        for cfg in walk_cfgs:
+        tile = bench(lambda: selective_scan_triton(*args, **kw))  # the autotuned tile kernel, side by side
+        print(f"  N={n_state} tile kernel (tuned): {tile:.4f} ms")
+        for cfg in walk_configs(n_state, 2, False) + [("walk", 16, 2, 4, 0), ("walk", 8, 8, 4, 0)]:
             if cfg[2] > n_state or (n_state // cfg[2]) * cfg[1] > 128:
                 continue
             try:

@@ -367,9 +367,9 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         # the candidates are timed once per shape class on the live inputs (see pick_config)
         key = ("scan", block_n, next_pow2(dg), next_pow2(seqlen), bsz * groups, u.dtype, Bg.dtype, z is not None,
                splits)
-        candidates = _scan_configs(n_state, seqlen, dg)
-        if not interpreting():  # the interpreter uses the first candidate only
-            candidates += scan_walk.walk_configs(n_state, u.element_size(), False)
-        config = pick_config(key, candidates, launch)
+        # the walk kernel's candidates are not among them: with them in the autotuner, the tile kernel was
+        # still picked at every benchmark shape on an H200 (docs/benchmarks/kernels-h200.md), and each
+        # candidate costs a compilation per shape class
+        config = pick_config(key, _scan_configs(n_state, seqlen, dg), launch)
     launch(config)
     return (y, hlast) if return_last_state else y
