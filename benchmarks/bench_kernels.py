@@ -13,7 +13,7 @@ Each time is the median of many runs (triton.testing.do_bench: CUDA events, warm
 the bytes a single pass must move (every input read once, every output written once); it is compared with
 a large device-to-device torch copy measured in the same run.  Writes kernels-TAG.json and kernels-TAG.md
 into --out-dir (TAG: --tag, by default the GPU's model, e.g. h100 or h200).  --sweep also times a set of
-tile and walk configurations (for tuning; not written to the files).
+tile configurations (for tuning; not written to the files).
 """
 
 from __future__ import annotations
@@ -206,8 +206,6 @@ def run_sweep(parts):
     from perfmamba.ops.triton.ssd import ssd_triton
     if "tile" in parts:
         sweep_tiles(selective_scan_triton)
-    if "walk" in parts:
-        sweep_walk(selective_scan_triton)
     if "ssd" in parts:
         sweep_ssd(ssd_triton)
 
@@ -224,25 +222,6 @@ def sweep_tiles(selective_scan_triton):
         args, kw = scan_inputs(n_state)
         ref = selective_scan(*args, **kw, backend="ref")
         for cfg in cfgs:
-            try:
-                err = rel_err(selective_scan_triton(*args, **kw, config=cfg), ref)
-                ms = bench(lambda: selective_scan_triton(*args, **kw, config=cfg))
-                print(f"  N={n_state} cfg={cfg}: {ms:.4f} ms  rel_err {err:.1e}")
-            except Exception as e:  # noqa: BLE001
-                print(f"  N={n_state} cfg={cfg}: failed {type(e).__name__}: {str(e)[:120]}")
-
-
-def sweep_walk(selective_scan_triton):
-    print("sweep: mamba1 walk kernel (\"walk\", BLOCK_L, N_IN, num_warps, prefetch)")
-    from perfmamba.ops.triton.scan_walk import walk_configs
-    for n_state in (16, 8):
-        args, kw = scan_inputs(n_state)
-        ref = selective_scan(*args, **kw, backend="ref")
-        tile = bench(lambda: selective_scan_triton(*args, **kw))  # the autotuned tile kernel, side by side
-        print(f"  N={n_state} tile kernel (tuned): {tile:.4f} ms")
-        for cfg in walk_configs(n_state, 2, False) + [("walk", 16, 2, 4, 0), ("walk", 8, 8, 4, 0)]:
-            if cfg[2] > n_state or (n_state // cfg[2]) * cfg[1] > 128:
-                continue
             try:
                 err = rel_err(selective_scan_triton(*args, **kw, config=cfg), ref)
                 ms = bench(lambda: selective_scan_triton(*args, **kw, config=cfg))
@@ -317,8 +296,8 @@ def write_outputs(records, meta, out_dir, tag):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", default=os.path.join("docs", "benchmarks"))
-    parser.add_argument("--sweep", nargs="?", const="tile,walk,ssd", default="",
-                        help="also time configurations: a comma list of tile, walk, ssd (default all)")
+    parser.add_argument("--sweep", nargs="?", const="tile,ssd", default="",
+                        help="also time configurations: a comma list of tile, ssd (default both)")
     parser.add_argument("--no-main", action="store_true", help="skip the main table (with --sweep)")
     parser.add_argument("--tag", default=None, help="output file suffix (default: from the GPU's name)")
     args = parser.parse_args()

@@ -20,7 +20,7 @@ import torch
 CUDA = torch.cuda.is_available()
 _ENV_BEFORE = os.environ.get("TRITON_INTERPRET")
 _TRITON_ALREADY_IMPORTED = "triton" in sys.modules
-_KERNEL_MODULES = ("selective_scan", "split", "scan_steps", "scan_walk", "ssd", "conv1d", "state_update", "rms_norm")
+_KERNEL_MODULES = ("selective_scan", "split", "scan_steps", "ssd", "conv1d", "state_update", "rms_norm")
 
 
 def _restore_env():
@@ -212,20 +212,6 @@ class TestSelectiveScanInterpreted:
     def test_channels_last_split(self, splits, seqlen):
         c = scan_case(2, 8, seqlen, 16, 1, True, True, True, seed=splits, channels_last=True)
         check_scan(c, 1e-5, out=poisoned_like(c["u"]), splits=splits)
-
-    @pytest.mark.parametrize("n,seqlen,groups,cfg,splits", [
-        (5, 11, 1, ("walk", 4, 2, 1, 1), None), (16, 9, 1, ("walk", 4, 4, 1, 0), None),
-        (1, 7, 1, ("walk", 4, 1, 1, 1), None), (7, 20, 2, ("walk", 8, 2, 1, 1), 3), (13, 5, 1, ("walk", 4, 8, 1, 1), 2)])
-    def test_walk_kernel(self, n, seqlen, groups, cfg, splits):
-        # the step-walking kernel of scan_walk.py (an autotuning candidate on the GPU): odd N and L, groups,
-        # prefetch on and off, split-L, every output written
-        from perfmamba.ops.triton import selective_scan_triton
-        c = scan_case(2, 6, seqlen, n, groups, True, True, True, seed=n + seqlen)
-        args = (c["u"], c["delta"], c["A"], c["B"], c["C"])
-        kw = dict(D=c["D"], z=c["z"], delta_bias=c["delta_bias"], delta_softplus=True, return_last_state=True)
-        y, h = selective_scan_triton(*args, **kw, config=cfg, out=poisoned_like(c["u"]), splits=splits)
-        yr, hr = selective_scan_ref(*args, **kw)
-        assert rel_err(y, yr) < 1e-5 and rel_err(h, hr) < 1e-5
 
     def test_no_last_state(self):
         c = scan_case(1, 4, 5, 3, 1, False, False, False, seed=11)
@@ -432,27 +418,10 @@ class TestKernelsOnGPU:
             check_scan(c, tol, out=poisoned_like(c["u"]))
             check_scan(c, tol, out=poisoned_like(c["u"]), splits=5)  # split-L
 
-    @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
-    @pytest.mark.parametrize("n,seqlen,groups", [(16, 4096, 1), (7, 257, 2), (64, 257, 1), (1, 65, 1)])
-    def test_walk_kernel(self, dtype, tol, n, seqlen, groups):
-        # the walk kernel's first candidate at the fp32 and bf16 tolerances, whole and split-L
-        from perfmamba.ops.triton.scan_walk import walk_configs
-        from perfmamba.ops.triton.selective_scan import selective_scan_triton
-        c = scan_case(2, 128, seqlen, n, groups, True, True, True, device="cuda", dtype=dtype, seed=n)
-        args = (c["u"], c["delta"], c["A"], c["B"], c["C"])
-        kw = dict(D=c["D"], z=c["z"], delta_bias=c["delta_bias"], delta_softplus=True, return_last_state=True)
-        f32 = {k: (v.float() if v is not None else None) for k, v in c.items()}
-        yr, hr = selective_scan_ref(f32["u"], f32["delta"], f32["A"], f32["B"], f32["C"], **kw)
-        cfg = walk_configs(n, c["u"].element_size(), False)[0]
-        for splits in (None, 5):
-            y, h = selective_scan_triton(*args, **kw, out=poisoned_like(c["u"]), splits=splits, config=cfg)
-            assert rel_err(y, yr) < tol and rel_err(h, hr) < tol, (cfg, splits)
-
     @pytest.mark.parametrize("n", [8, 16, 97])
     def test_every_scan_candidate(self, n):
         # the autotuner may pick any candidate of either kernel: each one, whole and split-L, bf16
         from perfmamba.ops.triton.scan_steps import selective_scan_steps, steps_configs
-        from perfmamba.ops.triton.scan_walk import walk_configs
         from perfmamba.ops.triton.selective_scan import _scan_configs, selective_scan_triton
         for channels_last in (False, True):
             c = scan_case(2, 64, 257, n, 1, True, True, True, device="cuda", dtype=torch.bfloat16, seed=n,
@@ -461,8 +430,7 @@ class TestKernelsOnGPU:
             kw = dict(D=c["D"], z=c["z"], delta_bias=c["delta_bias"], delta_softplus=True, return_last_state=True)
             f32 = {k: (v.float() if v is not None else None) for k, v in c.items()}
             yr, hr = selective_scan_ref(f32["u"], f32["delta"], f32["A"], f32["B"], f32["C"], **kw)
-            cands = (steps_configs(n, 2) if channels_last and n <= 64
-                     else _scan_configs(n, 257, 64) + walk_configs(n, 2, False))
+            cands = steps_configs(n, 2) if channels_last and n <= 64 else _scan_configs(n, 257, 64)
             for cfg in cands:
                 for splits in (None, 3):
                     out = poisoned_like(c["u"])

@@ -17,6 +17,12 @@ states of those channels in registers (fp32).  It walks the sequence in tiles of
 
 The work per element is one exp2 plus a handful of FMAs, so the cost grows linearly with N; the padded
 BLOCK_N (a power of two) is the only waste for odd N.
+
+Tried and measured slower (H200, bf16, B=8 L=2048 D=1536, 2026-12-01; git 93fce64 has the code): a kernel
+that keeps the whole tile inside each thread (five-dimensional tiles so that no lane goes to L) and walks
+its steps one by one.  Its sm_90 SASS has about 17 instructions per state element against 28 here, but it
+ran 1.07-4.2 ms at N=16 against 0.48 ms (0.54-1.28 ms against 0.21 ms at N=8): with all N states of a
+channel in a few lanes there are only Bsz x D x N_IN / 32 warps, and each waits on its own loads.
 """
 
 from __future__ import annotations
@@ -310,12 +316,9 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
 
     u, delta, z: (Bsz, D, L); A: (D, N); B, C: (Bsz, N, L) or (Bsz, G, N, L); D, delta_bias: (D,).
     ``out`` (Bsz, D, L) may be passed to receive y (tests pre-fill it with NaN); ``config`` overrides the
-    choice: (BLOCK_L, BLOCK_D, N_IN, num_warps, num_stages) for this module's tile kernel, or
-    ("walk", BLOCK_L, N_IN, num_warps, num_stages) for the step-walking kernel of ``scan_walk``;
-    ``splits`` the number of sequence segments
+    (BLOCK_L, BLOCK_D, N_IN, num_warps, num_stages) choice; ``splits`` the number of sequence segments
     run in parallel (``perfmamba.ops.triton.split``; default: enough to fill the GPU).
     """
-    from perfmamba.ops.triton import scan_walk
     from perfmamba.ops.triton import split as split_l
     bsz, dim, seqlen = u.shape
     n_state = A.shape[1]
@@ -340,36 +343,26 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     block_n = max(2, next_pow2(n_state))
 
     def kernel(cfg, grid, seg, h_in, h_out, dt_sums, states_only):
-        block_l = cfg[1] if cfg[0] == "walk" else cfg[0]
-        args = scan_launch_args(u, delta, A, Bg, Cg, D, z, delta_bias, y, h_in, h_out, dt_sums, seg // block_l,
-                                Bg.stride(), Cg.stride())
-        flags = scan_launch_flags(n_state, D, z, delta_bias, delta_softplus, h_in, h_out, states_only, grid)
-        if cfg[0] == "walk":
-            scan_walk.launch_walk(cfg, grid, u.element_size(), interpreting(), block_n, args, flags)
-            return
-        _, block_d, n_in, num_warps, num_stages = cfg
+        block_l, block_d, n_in, num_warps, num_stages = cfg
         _selective_scan_kernel[grid](
-            *args, **flags, BLOCK_L=block_l, BLOCK_N=block_n, BLOCK_D=block_d, N_IN=n_in, NUM_STAGES=num_stages,
+            *scan_launch_args(u, delta, A, Bg, Cg, D, z, delta_bias, y, h_in, h_out, dt_sums, seg // block_l,
+                              Bg.stride(), Cg.stride()),
+            **scan_launch_flags(n_state, D, z, delta_bias, delta_softplus, h_in, h_out, states_only, grid),
+            BLOCK_L=block_l, BLOCK_N=block_n, BLOCK_D=block_d, N_IN=n_in, NUM_STAGES=num_stages,
             num_warps=num_warps,
         )
 
     def launch(cfg):
-        walk = cfg[0] == "walk"
-        block_l, block_d = (cfg[1], scan_walk.walk_block_d(cfg)) if walk else (cfg[0], cfg[1])
-        # the walk kernel's programs are latency-bound walks: split by warps, like the step kernel
+        block_l, block_d = cfg[0], cfg[1]
         split_l.run_segmented(
             functools.partial(kernel, cfg),
             (bsz * groups, triton.cdiv(dg, block_d)), bsz, seqlen, block_l, u.device, splits, (dim, n_state),
-            per_sm=16 if walk else 4, warps_per_program=cfg[3] if walk else None, final=hlast,
-            make_coef=lambda: segment_decay_coef(A))
+            per_sm=4, final=hlast, make_coef=lambda: segment_decay_coef(A))
 
     if config is None:
         # the candidates are timed once per shape class on the live inputs (see pick_config)
         key = ("scan", block_n, next_pow2(dg), next_pow2(seqlen), bsz * groups, u.dtype, Bg.dtype, z is not None,
                splits)
-        # the walk kernel's candidates are not among them: with them in the autotuner, the tile kernel was
-        # still picked at every benchmark shape on an H200 (docs/benchmarks/kernels-h200.md), and each
-        # candidate costs a compilation per shape class
         config = pick_config(key, _scan_configs(n_state, seqlen, dg), launch)
     launch(config)
     return (y, hlast) if return_last_state else y
