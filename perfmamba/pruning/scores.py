@@ -22,7 +22,10 @@ h[t] = a[t] h[t-1] + Δ[t] u[t] B[t, n] with a[t] = exp(Δ[t] A) and read-out C[
     RMS(Δ u B) RMS(C)); one with small Δ|A| integrates for ~1/(2Δ|A|) steps; one whose Δ is ~0 is neither
     driven nor read (score -> 0).  Chosen over the absolute form below on held-out text (the test split of
     the built-in corpus, 32 KiB, not the sweep's validation bytes): on demo-mamba2 at ratio 0.25,
-    -0.47 % bits/byte against -0.18 % (delta-abs), -0.31 % (magnitude) and -0.22 % (random).
+    -0.47 % bits/byte against -0.18 % (delta-abs), -0.31 % (magnitude) and -0.22 % (random).  It does not
+    dominate the absolute form: in the H200 sweeps on the validation bytes
+    (docs/benchmarks/pruning-h200/) it is better at four of the six points with ratio >= 0.25 and worse at
+    demo-mamba1 0.5 (-0.12 against -0.38 %) and demo-mamba2 0.75 (+1.70 against +0.64 %).
 
 ``delta-abs`` (ablation: the earlier absolute, same-token form)
     delta-abs_n = E_{t,m} [ |C[t,n]| * |B[t,n]| * Δ[t,m] |u[t,m]| * sum_{k<H} exp(k Δ[t,m] A[m,n]) ]
