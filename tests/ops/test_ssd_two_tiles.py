@@ -2,69 +2,18 @@
 
 ``state_tiles`` is checked as a pure function (against a brute-force search over tile pairs); the kernel
 against the fp32 chunked reference ``ssd_ref``, whole and split-L, with every output pre-filled with NaN.
-Without CUDA the kernels run in the Triton interpreter on small CPU shapes: as in test_triton_kernels.py,
-TRITON_INTERPRET=1 is set before triton is imported and the kernel modules are (re)imported under it,
-then the variable is restored and set again only while this module's tests run.  With CUDA the
-interpreted tests skip and the GPU ones run the compiled kernels in bf16.
+Without CUDA the kernels run in the Triton interpreter on small CPU shapes (set up by ``kernel_harness``);
+with CUDA the interpreted tests skip and the GPU ones run the compiled kernels.
 """
-
-import importlib
-import os
-import sys
 
 import pytest
 import torch
+from kernel_harness import CUDA, interpreted, interpreter_env, ops, rel_err  # noqa: F401
 
-CUDA = torch.cuda.is_available()
-_ENV_BEFORE = os.environ.get("TRITON_INTERPRET")
-_TRITON_ALREADY_IMPORTED = "triton" in sys.modules
-_KERNEL_MODULES = ("selective_scan", "split", "scan_steps", "ssd", "conv1d", "state_update", "rms_norm")
-
-
-def _restore_env():
-    if _ENV_BEFORE is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = _ENV_BEFORE
-
-
-if not CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"
-try:
-    pytest.importorskip("triton")
-    from perfmamba import ops
-    if not CUDA:
-        # @triton.jit chose compiled or interpreted kernels at import: rebuild ours in interpreter mode
-        for _name in _KERNEL_MODULES:  # selective_scan first: the others import its helpers
-            importlib.reload(importlib.import_module(f"perfmamba.ops.triton.{_name}"))
-        importlib.reload(importlib.import_module("perfmamba.ops.triton"))
-        ops._triton_module.cache_clear()
-finally:
-    _restore_env()
-
-from perfmamba.ops.scan_ref import ssd_ref  # noqa: E402
-from perfmamba.ops.triton import split as split_l  # noqa: E402
-from perfmamba.ops.triton.selective_scan import next_pow2  # noqa: E402
-from perfmamba.ops.triton.ssd import _ssd_configs, ssd_triton, state_tiles  # noqa: E402
-
-# triton imported earlier without the interpreter has compiled library functions, unusable on the CPU
-_INTERPRETER_OK = not _TRITON_ALREADY_IMPORTED or _ENV_BEFORE == "1"
-interpreted = pytest.mark.skipif(
-    CUDA or not _INTERPRETER_OK,
-    reason="CUDA present (the GPU tests cover the kernel)" if CUDA else
-    "triton was imported before this module could set TRITON_INTERPRET=1; run with TRITON_INTERPRET=1")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _interpreter_env():
-    if CUDA:
-        yield
-        return
-    os.environ["TRITON_INTERPRET"] = "1"  # read at call time by perfmamba.ops and the launchers
-    try:
-        yield
-    finally:
-        _restore_env()
+from perfmamba.ops.scan_ref import ssd_ref
+from perfmamba.ops.triton import split as split_l
+from perfmamba.ops.triton.selective_scan import next_pow2
+from perfmamba.ops.triton.ssd import _ssd_configs, ssd_triton, state_tiles
 
 
 # ---------------------------------------------------------------------------------------- tile rule
@@ -96,12 +45,6 @@ def test_state_tiles_is_the_least_padding():
 
 
 # ------------------------------------------------------------------------------------------- kernel
-def rel_err(out, ref):
-    assert out.shape == ref.shape
-    assert not torch.isnan(out).any(), "NaN in output (an element was not written?)"
-    return ((out.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30)).item()
-
-
 def make_case(bsz, seqlen, nheads, headdim, groups, n, d_shape, has_z, has_init, device="cpu",
               dtype=torch.float32, seed=0, init_n_major=False):
     """Fresh random SSD inputs; ``init_n_major`` hands the initial state as a (Bsz, H, N, P) buffer seen

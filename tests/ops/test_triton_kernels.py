@@ -1,83 +1,20 @@
 """The Triton kernels against their plain-torch reference twins.
 
-Without CUDA (CI) the kernels run through the Triton interpreter on small CPU shapes.  ``@triton.jit``
-picks compiled or interpreted kernels when a module is imported (triton's own library included), so this
-module sets TRITON_INTERPRET=1 before it imports triton and (re)imports PerfMamba's kernel modules under
-it; it then restores the variable and sets it again only while its own tests run (a module-scoped
-fixture), so other test modules see the environment they expect.  With CUDA the interpreted classes
-skip and the GPU class runs the compiled kernels on bigger shapes.  Every call goes through
-``perfmamba.ops`` with backend="triton", except where a NaN-filled ``out=`` buffer is handed to a launcher
+Without CUDA (CI) the kernels run through the Triton interpreter on small CPU shapes (set up by
+``kernel_harness``); with CUDA the interpreted classes skip and the GPU class runs the compiled kernels
+on bigger shapes.  Every call goes through ``perfmamba.ops`` with backend="triton", except where a NaN-filled ``out=`` buffer is handed to a launcher
 directly to prove that every output element is written.
 """
 
-import importlib
-import os
-import sys
-
 import pytest
 import torch
+from kernel_harness import CUDA, interpreted, interpreter_env, ops, poisoned_like, rel_err  # noqa: F401
 
-CUDA = torch.cuda.is_available()
-_ENV_BEFORE = os.environ.get("TRITON_INTERPRET")
-_TRITON_ALREADY_IMPORTED = "triton" in sys.modules
-_KERNEL_MODULES = ("selective_scan", "split", "scan_steps", "ssd", "conv1d", "state_update", "rms_norm")
+from perfmamba.ops.conv_ref import causal_conv1d_ref, causal_conv1d_update_ref
+from perfmamba.ops.norm_ref import rms_norm_ref
+from perfmamba.ops.scan_ref import selective_scan_ref, selective_state_update_ref, ssd_loop_ref
 
-
-def _restore_env():
-    if _ENV_BEFORE is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = _ENV_BEFORE
-
-
-def _load_kernels():
-    """(Re)import perfmamba.ops.triton so that its kernels are built in the current TRITON_INTERPRET mode."""
-    for name in _KERNEL_MODULES:  # selective_scan first: the others import its helpers
-        importlib.reload(importlib.import_module(f"perfmamba.ops.triton.{name}"))
-    importlib.reload(importlib.import_module("perfmamba.ops.triton"))
-
-
-if not CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"
-try:
-    pytest.importorskip("triton")
-    from perfmamba import ops
-    if not CUDA:
-        _load_kernels()
-        ops._triton_module.cache_clear()
-finally:
-    _restore_env()
-
-from perfmamba.ops.conv_ref import causal_conv1d_ref, causal_conv1d_update_ref  # noqa: E402
-from perfmamba.ops.norm_ref import rms_norm_ref  # noqa: E402
-from perfmamba.ops.scan_ref import selective_scan_ref, selective_state_update_ref, ssd_loop_ref  # noqa: E402
-
-# If triton was imported earlier in this session without the interpreter, its library functions are
-# compiled ones and cannot run on the CPU: say so instead of failing obscurely.
-_INTERPRETER_OK = not _TRITON_ALREADY_IMPORTED or _ENV_BEFORE == "1"
-interpreted = pytest.mark.skipif(
-    CUDA or not _INTERPRETER_OK,
-    reason="CUDA present (TestKernelsOnGPU covers the kernels)" if CUDA else
-    "triton was imported before this module could set TRITON_INTERPRET=1; run with TRITON_INTERPRET=1")
 INF = float("inf")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _interpreter_env():
-    if CUDA:
-        yield
-        return
-    os.environ["TRITON_INTERPRET"] = "1"  # read at call time by perfmamba.ops and the launchers
-    try:
-        yield
-    finally:
-        _restore_env()
-
-
-def rel_err(out, ref):
-    assert out.shape == ref.shape
-    assert not torch.isnan(out).any(), "NaN in output (an element was not written?)"
-    return ((out.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30)).item()
 
 
 def _gen(seed):
@@ -108,11 +45,6 @@ def scan_case(bsz, dim, seqlen, n, groups, has_d, has_z, has_bias, device="cpu",
         else:
             out[k] = v.to(device=device, dtype=dtype)  # keeps the strides
     return out
-
-
-def poisoned_like(t):
-    """A NaN-filled tensor with t's shape and strides (every element the kernel must overwrite)."""
-    return torch.full_like(t, float("nan"), memory_format=torch.preserve_format)
 
 
 def ssd_case(bsz, seqlen, nheads, headdim, groups, n, d_shape, has_z, has_init, device="cpu",
