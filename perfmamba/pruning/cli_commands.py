@@ -66,7 +66,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("prune", help="remove low-activity SSM state channels and write the smaller model")
     _common(p)
     p.add_argument("--method", default="delta",
-                   help="delta (default) | random | magnitude | energy | output | taylor | balanced | delta-gate | delta-abs")
+                   help="delta (default) | random | magnitude | energy | output | taylor | balanced | delta-gate | "
+                        "delta-abs")
     p.add_argument("--ratio", type=float, default=0.25, help="fraction of state channels removed (default 0.25)")
     p.add_argument("--bridge", default="none", help="none | compat (also an original-layout checkpoint) | "
                                                      "refit (compat + least-squares refit of D and out_proj)")

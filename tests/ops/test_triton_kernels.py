@@ -2,8 +2,8 @@
 
 Without CUDA (CI) the kernels run through the Triton interpreter on small CPU shapes (set up by
 ``kernel_harness``); with CUDA the interpreted classes skip and the GPU class runs the compiled kernels
-on bigger shapes.  Every call goes through ``perfmamba.ops`` with backend="triton", except where a NaN-filled ``out=`` buffer is handed to a launcher
-directly to prove that every output element is written.
+on bigger shapes.  Every call goes through ``perfmamba.ops`` with backend="triton", except where a
+NaN-filled ``out=`` buffer is handed to a launcher directly to prove that every output element is written.
 """
 
 import pytest

@@ -192,9 +192,9 @@ def state_tiles(n_state: int) -> tuple[int, int]:
 
     Each tile is >= 16 (every dimension of tl.dot).  One tile pads N to M = max(16, next_pow2(N)); two
     tiles can do better only as M/2 + a second tile covering the rest, M/2 + max(16, next_pow2(N - M/2))
-    (a smaller first tile leaves more than M/2 for the second, which then needs M/2 or more itself).  Two tiles are used only when that is
-    strictly less padding (96 = 64 + 32, 40 = 32 + 16); on a tie (112: 64 + 64 = 128, or 17: 16 + 16 = 32)
-    one tile does the same work in fewer, larger dots.
+    (a smaller first tile leaves more than M/2 for the second, which then needs M/2 or more itself).  Two
+    tiles are used only when that is strictly less padding (96 = 64 + 32, 40 = 32 + 16); on a tie (112:
+    64 + 64 = 128, or 17: 16 + 16 = 32) one tile does the same work in fewer, larger dots.
     """
     one = max(16, next_pow2(n_state))
     first = one // 2
