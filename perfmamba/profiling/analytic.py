@@ -173,12 +173,22 @@ def mixer_costs(config, layer: int, w: Work) -> dict:
     cfg, n = config, config.layer_d_state(layer)
     if cfg.family == "mamba1":
         D, R = cfg.d_inner, cfg.dt_rank
+        dt_proj = linear_cost(w, R, D, False)  # its bias is added inside the scan
+        ssm = selective_scan_cost(w, D, n)
+        if w.mode == "decode":
+            # Mamba1Mixer.step projects dt inside the state update: dt_proj's GEMV and weight join ssm, which
+            # then reads the low-rank dt (R values a token) instead of the projected one (D values)
+            ssm = dataclasses.replace(
+                ssm, flops=ssm.flops + dt_proj.flops, matmul_flops=ssm.matmul_flops + dt_proj.matmul_flops,
+                weight_bytes=ssm.weight_bytes + dt_proj.weight_bytes,
+                act_read_bytes=ssm.act_read_bytes + w.tokens * (R - D) * w.act_bytes)
+            dt_proj = Cost()  # fused into ssm
         return {
             "in_proj": linear_cost(w, cfg.d_model, 2 * D, cfg.bias),
             "conv1d": conv_cost(w, D, cfg.d_conv, cfg.conv_bias),
             "x_proj": linear_cost(w, D, R + 2 * n, False),
-            "dt_proj": linear_cost(w, R, D, False),  # its bias is added inside the scan
-            "ssm": selective_scan_cost(w, D, n),
+            "dt_proj": dt_proj,
+            "ssm": ssm,
             "gate_norm": Cost(),  # fused into ssm
             "out_proj": linear_cost(w, D, cfg.d_model, cfg.bias),
         }

@@ -35,9 +35,10 @@ def component_of_parameter(name: str) -> str:
 #   "embedding" and "lm_head" for whole models.
 # Mamba-1's gate SiLU(z) and D skip are fused into the selective scan (our ops, like mamba_ssm's
 # selective_scan_fn, take z and D), so they are measured and costed under "ssm"; Mamba-1's "gate_norm" row
-# is kept, marked FUSED_INTO["mamba1"]["gate_norm"] == "ssm", with zero time, FLOPs and bytes.
+# is kept, marked fused into "ssm", with zero time, FLOPs and bytes.  In decode Mamba-1's dt_proj also runs
+# inside the SSM state update (Mamba1Mixer.step passes dt_proj_weight), so its row is fused into "ssm" too.
 SCOPES = ("block", "model")
-FUSED_INTO = {"mamba1": {"gate_norm": "ssm"}, "mamba2": {}}
+FUSED_INTO = {("mamba1", "prefill"): {"gate_norm": "ssm"}, ("mamba1", "decode"): {"gate_norm": "ssm", "dt_proj": "ssm"}}
 MATMUL_COMPONENTS = ("in_proj", "x_proj", "dt_proj", "out_proj", "lm_head")  # plain GEMMs (nn.Linear)
 
 
@@ -48,12 +49,16 @@ def profiled_components(family: str, scope: str = "block") -> tuple:
     return ("embedding", "norm") + block_components(family) + ("lm_head",)
 
 
-def fused_into(family: str, component: str):
-    """The component whose kernel does ``component``'s work, or None when it runs on its own."""
-    return FUSED_INTO.get(family, {}).get(component)
+def fused_into(family: str, component: str, mode: str):
+    """The component whose kernel does ``component``'s work in ``mode`` (prefill | decode), or None when it
+    runs on its own."""
+    return FUSED_INTO.get((family, mode), {}).get(component)
 
 
-def flop_checked(component: str, mode: str) -> bool:
-    """Whether the component's analytic matmul FLOPs are checked against torch.utils.flop_counter: the GEMMs,
-    and the conv in prefill (F.conv1d; the decode update is an elementwise dot the counter does not see)."""
+def flop_checked(family: str, component: str, mode: str) -> bool:
+    """Whether the component's analytic matmul FLOPs are checked against torch.utils.flop_counter: the GEMMs
+    that run on their own, and the conv in prefill (F.conv1d; the decode update is an elementwise dot the
+    counter does not see)."""
+    if fused_into(family, component, mode):
+        return False
     return component in MATMUL_COMPONENTS or (component == "conv1d" and mode == "prefill")

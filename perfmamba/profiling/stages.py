@@ -9,8 +9,10 @@ A stage is a function ``env -> env``: ``env`` is a dict of the live tensors at t
 stream, the mixer's intermediates); a stage never modifies its input tensors (decode stages advance the
 inference cache in place, as the model does), so it can be called again and again on the same ``env`` to
 time it in isolation on realistic inputs.  Stages carry their component name (profiling/components.py);
-a component may own several stages ("norm": the pre-norm and the residual add; in a whole model, one
-set per layer).
+a component may own several stages ("norm": in a block the pre-norm and the residual add; in a whole
+model one fused add + norm per layer, and the final norm).  A component whose work runs inside another's
+kernel has no stage (Mamba-1's gate_norm inside the scan; in decode also its dt_proj inside the state
+update), and the profile marks it fused.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
 from perfmamba import ops
 
@@ -89,22 +90,20 @@ def _mamba1_decode(m, cache) -> list:
         return {**e, "x": x}
 
     def x_proj(e):
-        dt, B, C = m._split_xproj(m.x_proj(e["x"]))
+        dt, B, C = m._split_xproj(m.x_proj(e["x"]))  # dt: (Bsz, R)
         return {**e, "dt": dt, "B": B, "C": C}
 
-    def dt_proj(e):
-        return {**e, "dt": F.linear(e["dt"], m.dt_proj.weight)}  # (Bsz, D)
-
     def ssm(e):
+        # dt_proj runs inside the state update, as in the mixer (component dt_proj: fused into ssm)
         y = ops.selective_state_update(cache.ssm_states[li], e["x"], e["dt"], m.neg_exp_A(), e["B"], e["C"], D=m.D,
-                                       z=e["z"], dt_bias=m.dt_proj.bias, dt_softplus=True, backend=m.backend)
+                                       z=e["z"], dt_bias=m.dt_proj.bias, dt_softplus=True,
+                                       dt_proj_weight=m.dt_proj.weight, backend=m.backend)
         return {"res": e["res"], "y": y}
 
     def out_proj(e):
         return {"res": e["res"], "out": m.out_proj(e["y"])}
 
-    return [("in_proj", in_proj), ("conv1d", conv1d), ("x_proj", x_proj), ("dt_proj", dt_proj), ("ssm", ssm),
-            ("out_proj", out_proj)]
+    return [("in_proj", in_proj), ("conv1d", conv1d), ("x_proj", x_proj), ("ssm", ssm), ("out_proj", out_proj)]
 
 
 # ---------------------------------------------------------------------------------------------- Mamba-2
@@ -181,8 +180,9 @@ _MIXER_STAGES = {("mamba1", "prefill"): _mamba1_prefill, ("mamba1", "decode"): _
 
 
 # ---------------------------------------------------------------------------------------------- blocks
-def block_stages(block, mode: str, cache=None, layer: Optional[int] = None) -> list:
-    """Block.forward (prefill, no cache) or Block.step (decode): env {"h": x} -> {"h": x + mixer(norm(x))}."""
+def block_stages(block, mode: str, cache=None) -> list:
+    """Block.forward (prefill, no cache) or Block.step (decode): env {"h": x} -> {"h": x + mixer(norm(x))}.
+    (A whole model fuses each residual add into the next norm instead: ``model_stages``.)"""
     family = block.mixer.config.family
     mixer = block.mixer
     parts = _MIXER_STAGES[(family, mode)](*((mixer,) if mode == "prefill" else (mixer, cache)))
@@ -193,20 +193,37 @@ def block_stages(block, mode: str, cache=None, layer: Optional[int] = None) -> l
     def norm_post(e):
         return {"h": block._residual(e["res"]) + e["out"]}
 
-    stages = [Stage("norm", "norm_pre", norm_pre, layer)]
-    stages += [Stage(name, name, fn, layer) for name, fn in parts]
-    stages.append(Stage("norm", "norm_post", norm_post, layer))
+    stages = [Stage("norm", "norm_pre", norm_pre)]
+    stages += [Stage(name, name, fn) for name, fn in parts]
+    stages.append(Stage("norm", "norm_post", norm_post))
     return stages
 
 
 def model_stages(model, mode: str, cache=None) -> list:
     """MambaLM's forward (prefill, no cache; env {"ids": (Bsz, L)}) or step (decode; env {"ids": (Bsz,)})
-    -> {"logits": ...}.  ``model.forward``'s input check is left out (it validates, it computes nothing)."""
+    -> {"logits": ...}.  ``model.forward``'s input check is left out (it validates, it computes nothing).
+
+    As in ``MambaLM._run_blocks``, each block's residual add is fused into the norm that follows it (the
+    next block's pre-norm, or the final norm): one "norm" stage per layer, ``add_forward``, and none after
+    the mixer.
+    """
     bb = model.backbone
+    fp32 = torch.float32 if model.config.residual_in_fp32 else None
+
+    def add_norm(norm):
+        def fn(e):  # the mixer output (or the embedding, before layer 0) joins the residual stream
+            normed, res = norm.add_forward(e["out"] if "out" in e else e["h"], e.get("res"), residual_dtype=fp32)
+            return {"res": res, "u": normed}
+        return fn
+
     stages = [Stage("embedding", "embedding", lambda e: {"h": bb.embedding(e["ids"])})]
     for i, block in enumerate(bb.layers):
-        stages += block_stages(block, mode, cache, layer=i)
-    stages.append(Stage("norm", "norm_f", lambda e: {"h": bb.norm_f(e["h"])}))
+        stages.append(Stage("norm", "norm_add", add_norm(block.norm), i))
+        parts = _MIXER_STAGES[(block.mixer.config.family, mode)](
+            *((block.mixer,) if mode == "prefill" else (block.mixer, cache)))
+        stages += [Stage(name, name, fn, i) for name, fn in parts]
+    final = add_norm(bb.norm_f)
+    stages.append(Stage("norm", "norm_f", lambda e: {"h": final(e)["u"]}))
     stages.append(Stage("lm_head", "lm_head", lambda e: {"logits": model.lm_head(e["h"])}))
     return stages
 

@@ -11,11 +11,13 @@ NOTES = """\
 ## How to read this
 
 - **Components** (one naming for timers, cost model and report): `norm` (the block's pre-norm RMSNorm and
-  residual add; in a whole model also the final norm), `in_proj`, `conv1d` (causal depthwise conv + SiLU),
-  `x_proj` and `dt_proj` (Mamba-1 only; dt's bias and softplus run inside the scan), `ssm` (selective scan
-  / SSD, with the D skip), `gate_norm` (Mamba-2: gated RMSNorm), `out_proj`, and for whole models
-  `embedding` and `lm_head`. **Mamba-1's SiLU(z) gate is fused into the scan kernel** (as in mamba_ssm), so
-  its time, FLOPs and bytes are in `ssm`; its `gate_norm` row says "in ssm".
+  residual add; a whole model fuses each residual add into the next norm, as it runs, and adds the final
+  norm), `in_proj`, `conv1d` (causal depthwise conv + SiLU), `x_proj` and `dt_proj` (Mamba-1 only; dt's
+  bias and softplus run inside the scan), `ssm` (selective scan / SSD, with the D skip), `gate_norm`
+  (Mamba-2: gated RMSNorm), `out_proj`, and for whole models `embedding` and `lm_head`. **Mamba-1's SiLU(z)
+  gate is fused into the scan kernel** (as in mamba_ssm), so its time, FLOPs and bytes are in `ssm`; its
+  `gate_norm` row says "in ssm". So is Mamba-1's `dt_proj` in decode, which the state-update kernel
+  computes itself.
 - **Time**: each component is run on its real inputs, in isolation, through the same modules and
   `perfmamba.ops` calls as the model's forward / step (a test checks that the stages reproduce the
   model's output exactly); warm-up, then the median (and 10th–90th percentiles) of the samples; short
@@ -82,7 +84,7 @@ def _environment(run: ProfileRun) -> str:
 def _flop_check(run: ProfileRun) -> str:
     worst, n = 0.0, 0
     for r in run.components:
-        if r.status == OK and flop_checked(r.component, r.mode) and r.counted_matmul_flops == r.counted_matmul_flops:
+        if r.status == OK and flop_checked(r.family, r.component, r.mode) and r.counted_matmul_flops == r.counted_matmul_flops:
             n += 1
             if r.matmul_flops:
                 worst = max(worst, abs(r.counted_matmul_flops - r.matmul_flops) / r.matmul_flops)

@@ -51,7 +51,7 @@ def test_matmul_flops_equal_flop_counter(cfg, mode, scope, batch, seqlen):
         env = {"ids": torch.randint(0, cfg.vocab_size, (batch, seqlen) if mode == "prefill" else (batch,))}
     counted = _counted_by_component(stages, env)
     costs = analytic.component_costs(cfg, scope, mode, batch, seqlen, dtype_bytes=4, layer=layer)
-    checked = [c for c in profiled_components(cfg.family, scope) if flop_checked(c, mode)]
+    checked = [c for c in profiled_components(cfg.family, scope) if flop_checked(cfg.family, c, mode)]
     assert {"in_proj", "out_proj"} <= set(checked)
     for comp in checked:
         assert costs[comp].matmul_flops == counted[comp], comp
