@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from perfmamba.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 from perfmamba.ops import selective_scan, ssd  # noqa: E402
+from perfmamba.report.environment import device_tag  # noqa: E402
 
 SCAN_SHAPE = dict(bsz=8, seqlen=2048, dim=1536)
 SSD_SHAPE = dict(bsz=8, seqlen=4096, nheads=24, headdim=64, ngroups=1, chunk=256)
@@ -242,14 +243,6 @@ def sweep_ssd(ssd_triton):
                 print(f"  N={n_state} cfg={cfg}: {ms:.4f} ms  rel_err {err:.1e}")
             except Exception as e:  # noqa: BLE001
                 print(f"  N={n_state} cfg={cfg}: failed {type(e).__name__}: {str(e)[:120]}")
-
-
-def device_tag(name: str) -> str:
-    """h100 / h200 / ... from the GPU's name (the files' suffix)."""
-    for tag in ("h100", "h200", "b200", "a100"):
-        if tag in name.lower():
-            return tag
-    return "".join(ch for ch in name.lower() if ch.isalnum())[:16] or "gpu"
 
 
 def write_outputs(records, meta, out_dir, tag):

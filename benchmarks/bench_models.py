@@ -7,9 +7,9 @@
 3. Decode per token (after a 128-token prompt), batch 1 and 16: eager and CUDA graph.
 mamba_ssm's models are timed beside ours when `mamba_ssm` happens to be importable (never required).
 
-    python benchmarks/bench_models.py [--out docs/benchmarks] [--tag h100]
+    python benchmarks/bench_models.py [--out docs/benchmarks] [--tag h200]
 
-Writes models-<tag>.json and models-<tag>.md.
+Writes models-<tag>.json and models-<tag>.md (tag: by default the GPU's model, e.g. h100 or h200).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from perfmamba.profiling.timers import time_call  # noqa: E402
 from perfmamba.config import get_preset  # noqa: E402
 from perfmamba.models.block import MIXERS  # noqa: E402
 from perfmamba.models.cuda_graph import GraphPrefill, _warm_up  # noqa: E402
-from perfmamba.report.environment import environment_info  # noqa: E402
+from perfmamba.report.environment import device_tag, environment_info  # noqa: E402
 
 
 def cuda_median_ms(fn, warmup: int = 3, repeats: int = 20) -> float:
@@ -176,7 +176,7 @@ def write_markdown(path, env, records):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks"))
-    parser.add_argument("--tag", default="h100")
+    parser.add_argument("--tag", default=None, help="output file suffix (default: from the GPU's name)")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -191,6 +191,7 @@ def main():
         del model
         torch.cuda.empty_cache()
     env = environment_info("cuda")
+    args.tag = args.tag or device_tag(torch.cuda.get_device_name())
     os.makedirs(args.out, exist_ok=True)
     write_json_atomic(os.path.join(args.out, f"models-{args.tag}.json"), {"environment": env, "records": records})
     write_markdown(os.path.join(args.out, f"models-{args.tag}.md"), env, records)

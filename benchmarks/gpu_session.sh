@@ -30,7 +30,7 @@ for part in $parts; do
                tar czf "$out/pruning.tgz" -C "$out" pruning && rm -rf "$out/pruning" ;;
         kernels) python3 benchmarks/bench_kernels.py --out-dir "$out" >"$out/kernels.log" 2>&1
                  tail -40 "$out/kernels.log" ;;
-        models) python3 benchmarks/bench_models.py --tag "${TAG:-h200}" --out "$out" >"$out/models.log" 2>&1
+        models) python3 benchmarks/bench_models.py --out "$out" >"$out/models.log" 2>&1
                 tail -25 "$out/models.log" ;;
         *) echo "unknown part $part"; exit 2 ;;
     esac

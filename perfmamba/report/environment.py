@@ -31,6 +31,14 @@ def device_name(device: torch.device | str) -> str:
     return f"CPU: {platform.processor() or platform.machine()} ({os.cpu_count()} logical cores)"
 
 
+def device_tag(name: str) -> str:
+    """A short file-name tag for a GPU model: h100, h200, ... (benchmark results are named after it)."""
+    for tag in ("h100", "h200", "b200", "a100"):
+        if tag in name.lower():
+            return tag
+    return "".join(ch for ch in name.lower() if ch.isalnum())[:16] or "gpu"
+
+
 def environment_info(device: torch.device | str = "cpu") -> dict:
     try:  # the installed version, without importing triton (an import fixes its interpreter mode)
         triton_version = importlib.metadata.version("triton")
