@@ -24,8 +24,9 @@ Conventions (documented here once; the report links to this docstring):
 * Decode additionally reads and writes the carried conv state (d_conv inputs per channel) and SSM state;
   prefill writes the final states once (the mixers return them for the cache).
 * The Mamba-2 "gate_norm" is the gated RMSNorm: y * SiLU(z), then RMSNorm per group.
-* "norm" is the block's pre-norm RMSNorm plus the residual add (kept in fp32 when residual_in_fp32); for a
-  whole model it also holds the final norm.  "embedding" is a row gather; "lm_head" a GEMM over the vocab.
+* "norm" is the block's pre-norm RMSNorm plus the residual add (kept in fp32 when residual_in_fp32); a
+  whole model runs each residual add fused into the next norm (one kernel: mixer output and residual in,
+  new residual and normalized input out), and "norm" also holds the final norm.  "embedding" is a row gather; "lm_head" a GEMM over the vocab.
 """
 
 from __future__ import annotations
@@ -127,6 +128,16 @@ def rmsnorm_cost(w: Work, dim: int, in_bytes: int) -> Cost:
                 act_read_bytes=w.tokens * dim * in_bytes, act_write_bytes=w.tokens * dim * w.act_bytes)
 
 
+def add_norm_cost(w: Work, d_model: int, with_residual: bool) -> Cost:
+    """A whole model's fused residual add + RMSNorm (``add_rms_norm``): reads the mixer output (or, before
+    layer 0, the embedding) and the residual stream, writes the new residual and the normalized input."""
+    residual_read = w.tokens * d_model * w.res_bytes if with_residual else 0
+    return Cost(flops=w.tokens * d_model * (RMS_FLOPS + (1 if with_residual else 0)),
+                weight_bytes=d_model * w.act_bytes,
+                act_read_bytes=w.tokens * d_model * w.act_bytes + residual_read,
+                act_write_bytes=w.tokens * d_model * (w.act_bytes + w.res_bytes))
+
+
 def block_norm_cost(w: Work, d_model: int, in_bytes: int) -> Cost:
     """Pre-norm RMSNorm + the residual add (residual + mixer output -> residual dtype)."""
     residual = Cost(flops=w.tokens * d_model,
@@ -221,12 +232,12 @@ def component_costs(config, scope: str, mode: str, batch: int, seqlen: int, dtyp
         return totals
     totals["embedding"] = Cost(weight_bytes=w.tokens * config.d_model * w.act_bytes, act_read_bytes=w.tokens * ID_BYTES,
                                act_write_bytes=w.tokens * config.d_model * w.act_bytes)
+    # as MambaLM runs them: each residual add fused into the next norm (layer 0's has no residual yet)
     for i in range(config.n_layer):
-        in_bytes = w.act_bytes if i == 0 else w.res_bytes  # layer 0 reads the embedding, later ones the residual
-        totals["norm"] = totals["norm"] + block_norm_cost(w, config.d_model, in_bytes)
+        totals["norm"] = totals["norm"] + add_norm_cost(w, config.d_model, with_residual=i > 0)
         for name, cost in mixer_costs(config, i, w).items():
             totals[name] = totals[name] + cost
-    totals["norm"] = totals["norm"] + rmsnorm_cost(w, config.d_model, w.res_bytes)
+    totals["norm"] = totals["norm"] + add_norm_cost(w, config.d_model, with_residual=True)  # the final norm
     totals["lm_head"] = linear_cost(w, config.d_model, config.vocab_size, False)
     return totals
 

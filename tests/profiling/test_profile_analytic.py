@@ -101,3 +101,17 @@ def test_model_costs_sum_the_layers():
     per_layer = [analytic.mixer_costs(cfg, i, w)["x_proj"] for i in range(cfg.n_layer)]
     assert whole["x_proj"] == per_layer[0] + per_layer[1]
     assert whole["lm_head"].matmul_flops == 2 * 16 * cfg.d_model * cfg.vocab_size
+
+
+def test_whole_model_norms_are_the_fused_add_norms():
+    # MambaLM fuses each residual add into the next norm: per layer the kernel reads the mixer output (the
+    # embedding before layer 0, with no residual yet) and the residual, and writes both of its outputs
+    cfg = Mamba1Config(d_model=16, n_layer=3, vocab_size=10, d_state=4, residual_in_fp32=True)
+    batch, seqlen, act, res = 2, 5, 2, 4
+    norm = analytic.component_costs(cfg, "model", "prefill", batch, seqlen, act)["norm"]
+    tokens, d, norms = batch * seqlen, cfg.d_model, cfg.n_layer + 1
+    with_residual = norms - 1  # every norm but layer 0's
+    assert norm.weight_bytes == norms * d * act
+    assert norm.act_read_bytes == norms * tokens * d * act + with_residual * tokens * d * res
+    assert norm.act_write_bytes == norms * tokens * d * (act + res)
+    assert norm.flops == norms * tokens * d * analytic.RMS_FLOPS + with_residual * tokens * d
