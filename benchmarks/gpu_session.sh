@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests of the kernels, then the kernel and model benchmarks, results under $OUT
-# (or ./gpu-out).  Usage: bash benchmarks/gpu_session.sh [tests|kernels|models|sweep|profile ...]
-# (default: tests kernels models).  Runs from the repository root with PYTHONPATH=. .
+# (or ./gpu-out).  Usage: bash benchmarks/gpu_session.sh [PART ...], parts: tests (= tests-scan tests-ssd
+# tests-rest), every, kernels, models, prune, sweep (default: tests kernels models).  Runs from the
+# repository root with PYTHONPATH=. .
 set -uo pipefail
 out=${OUT:-gpu-out}
 mkdir -p "$out"
@@ -12,14 +13,20 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 for part in $parts; do
     start=$(date +%s)
     case $part in
-        # every part writes its whole log under $out (a pipe into tail would lose it when a limit kills it)
-        tests) python3 -m pytest -q -x -p no:cacheprovider --durations=15 tests/ops/test_ssd_two_tiles.py \
-                   tests/ops/test_triton_kernels.py -k "GPU and not every_scan_candidate" >"$out/tests.log" 2>&1
-               tail -25 "$out/tests.log" ;;
-        every) python3 -m pytest -q -x -p no:cacheprovider tests/ops/test_triton_kernels.py -k every_scan_candidate \
+        # every part writes its whole log under $out (a pipe into tail would lose it when a limit kills it).
+        # The GPU tests do not fit one 10-minute call (each shape compiles its kernels; on an H200 the
+        # two-tile SSD tests, the scan tests and two every-candidate tests took 330 s): run them in parts.
+        tests) bash "$0" tests-scan tests-ssd tests-rest ;;
+        tests-scan) python3 -m pytest -q -p no:cacheprovider --durations=10 tests/ops/test_triton_kernels.py \
+                        -k "GPU and selective_scan" >"$out/tests-scan.log" 2>&1; tail -12 "$out/tests-scan.log" ;;
+        tests-ssd) python3 -m pytest -q -p no:cacheprovider --durations=10 tests/ops/test_ssd_two_tiles.py \
+                       tests/ops/test_triton_kernels.py -k "GPU and ssd" >"$out/tests-ssd.log" 2>&1
+                   tail -12 "$out/tests-ssd.log" ;;
+        tests-rest) python3 -m pytest -q -p no:cacheprovider --durations=10 tests/ops/test_triton_kernels.py \
+                        tests/models/test_gpu_model.py -k "GPU and not selective_scan and not ssd and not every" \
+                        >"$out/tests-rest.log" 2>&1; tail -12 "$out/tests-rest.log" ;;
+        every) python3 -m pytest -q -p no:cacheprovider tests/ops/test_triton_kernels.py -k every_scan_candidate \
                    >"$out/every.log" 2>&1; tail -5 "$out/every.log" ;;
-        models-tests) python3 -m pytest -q -x -p no:cacheprovider tests/models/test_gpu_model.py >"$out/mtests.log" 2>&1
-                      tail -8 "$out/mtests.log" ;;
         sweep) python3 benchmarks/bench_kernels.py --sweep ssd --no-main >"$out/sweep.txt" 2>&1
                tail -20 "$out/sweep.txt" ;;
         prune) # both demo models, every score, ratios 0..0.75, accuracy + speed + serving memory
