@@ -26,7 +26,8 @@ Conventions (documented here once; the report links to this docstring):
 * The Mamba-2 "gate_norm" is the gated RMSNorm: y * SiLU(z), then RMSNorm per group.
 * "norm" is the block's pre-norm RMSNorm plus the residual add (kept in fp32 when residual_in_fp32); a
   whole model runs each residual add fused into the next norm (one kernel: mixer output and residual in,
-  new residual and normalized input out), and "norm" also holds the final norm.  "embedding" is a row gather; "lm_head" a GEMM over the vocab.
+  new residual and normalized input out), and "norm" also holds the final norm.  "embedding" is a row
+  gather; "lm_head" a GEMM over the vocab.
 """
 
 from __future__ import annotations

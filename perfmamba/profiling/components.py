@@ -38,7 +38,8 @@ def component_of_parameter(name: str) -> str:
 # is kept, marked fused into "ssm", with zero time, FLOPs and bytes.  In decode Mamba-1's dt_proj also runs
 # inside the SSM state update (Mamba1Mixer.step passes dt_proj_weight), so its row is fused into "ssm" too.
 SCOPES = ("block", "model")
-FUSED_INTO = {("mamba1", "prefill"): {"gate_norm": "ssm"}, ("mamba1", "decode"): {"gate_norm": "ssm", "dt_proj": "ssm"}}
+_MAMBA1_FUSED = {"gate_norm": "ssm"}
+FUSED_INTO = {("mamba1", "prefill"): _MAMBA1_FUSED, ("mamba1", "decode"): {**_MAMBA1_FUSED, "dt_proj": "ssm"}}
 MATMUL_COMPONENTS = ("in_proj", "x_proj", "dt_proj", "out_proj", "lm_head")  # plain GEMMs (nn.Linear)
 
 

@@ -179,13 +179,17 @@ _MIXER_STAGES = {("mamba1", "prefill"): _mamba1_prefill, ("mamba1", "decode"): _
                  ("mamba2", "prefill"): _mamba2_prefill, ("mamba2", "decode"): _mamba2_decode}
 
 
+def _mixer_parts(mixer, mode: str, cache) -> list:
+    """(component, fn) pairs of one mixer's forward (prefill) or step (decode, advancing ``cache``)."""
+    make = _MIXER_STAGES[(mixer.config.family, mode)]
+    return make(mixer) if mode == "prefill" else make(mixer, cache)
+
+
 # ---------------------------------------------------------------------------------------------- blocks
 def block_stages(block, mode: str, cache=None) -> list:
     """Block.forward (prefill, no cache) or Block.step (decode): env {"h": x} -> {"h": x + mixer(norm(x))}.
     (A whole model fuses each residual add into the next norm instead: ``model_stages``.)"""
-    family = block.mixer.config.family
-    mixer = block.mixer
-    parts = _MIXER_STAGES[(family, mode)](*((mixer,) if mode == "prefill" else (mixer, cache)))
+    parts = _mixer_parts(block.mixer, mode, cache)
 
     def norm_pre(e):
         return {"res": e["h"], "u": block.norm(e["h"])}
@@ -219,9 +223,7 @@ def model_stages(model, mode: str, cache=None) -> list:
     stages = [Stage("embedding", "embedding", lambda e: {"h": bb.embedding(e["ids"])})]
     for i, block in enumerate(bb.layers):
         stages.append(Stage("norm", "norm_add", add_norm(block.norm), i))
-        parts = _MIXER_STAGES[(block.mixer.config.family, mode)](
-            *((block.mixer,) if mode == "prefill" else (block.mixer, cache)))
-        stages += [Stage(name, name, fn, i) for name, fn in parts]
+        stages += [Stage(name, name, fn, i) for name, fn in _mixer_parts(block.mixer, mode, cache)]
     final = add_norm(bb.norm_f)
     stages.append(Stage("norm", "norm_f", lambda e: {"h": final(e)["u"]}))
     stages.append(Stage("lm_head", "lm_head", lambda e: {"logits": model.lm_head(e["h"])}))

@@ -283,7 +283,8 @@ def build_records(cfg, name: str, r: Resolved, ceilings: Ceilings, mode: str, ba
     components = []
     for c in names:
         cost = costs[c]
-        rec = ComponentRecord(**base, component=c, status=status, fused_into=fused_into(cfg.family, c, mode) or "",
+        rec = ComponentRecord(**base, component=c, status=status,
+                              fused_into=fused_into(cfg.family, c, mode) or "",
                               flops=cost.flops, matmul_flops=cost.matmul_flops, bytes=cost.bytes,
                               weight_bytes=cost.weight_bytes, act_read_bytes=cost.act_read_bytes,
                               act_write_bytes=cost.act_write_bytes, state_read_bytes=cost.state_read_bytes,
@@ -296,7 +297,8 @@ def build_records(cfg, name: str, r: Resolved, ceilings: Ceilings, mode: str, ba
             t = m.times[c]
             rec.time_median_s, rec.time_p10_s, rec.time_p90_s, rec.time_min_s = t.median_s, t.p10_s, t.p90_s, t.min_s
             rec.time_share = t.median_s / comp_sum if comp_sum > 0 else math.nan
-            counted = m.counted.get(c, math.nan) if s.count_flops and flop_checked(cfg.family, c, mode) else math.nan
+            checked = s.count_flops and flop_checked(cfg.family, c, mode)
+            counted = m.counted.get(c, math.nan) if checked else math.nan
             # 0 with work to do: a custom (Triton) kernel, invisible to the counter -- nothing to compare
             rec.counted_matmul_flops = math.nan if counted == 0 and cost.matmul_flops > 0 else counted
             rec.achieved_flops_per_s = roofline.rate(cost.flops, t.median_s)

@@ -84,7 +84,8 @@ def _environment(run: ProfileRun) -> str:
 def _flop_check(run: ProfileRun) -> str:
     worst, n = 0.0, 0
     for r in run.components:
-        if r.status == OK and flop_checked(r.family, r.component, r.mode) and r.counted_matmul_flops == r.counted_matmul_flops:
+        counted = r.counted_matmul_flops == r.counted_matmul_flops  # not NaN
+        if r.status == OK and flop_checked(r.family, r.component, r.mode) and counted:
             n += 1
             if r.matmul_flops:
                 worst = max(worst, abs(r.counted_matmul_flops - r.matmul_flops) / r.matmul_flops)
