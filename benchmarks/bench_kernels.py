@@ -212,23 +212,37 @@ def run_sweep(parts):
 
 
 def sweep_tiles(selective_scan_triton):
+    """Times the Mamba-1 tile kernel over a grid of configurations, on the benchmark shape (N = 16 and 8)
+    and on the batch-1 shapes of a whole layer (L = 4096) and of a long prefill (L = 16384)."""
     print("sweep: mamba1 scan (BLOCK_L, BLOCK_D, N_IN, num_warps, num_stages)")
-    # the grid behind the two-warp candidates of _scan_configs (docs/benchmarks/tuning-h100/): lanes per
-    # channel x steps per tile x warps x stages, at most 256 values per thread and tensor
-    scan_cfgs = {n_state: [(bl, (32 // n_in) * nw, n_in, nw, ns)
-                           for n_in, bl, nw, ns in itertools.product((2, 4, 8), (16, 32, 64), (2, 4, 8), (1, 2))
-                           if n_in <= n_state and (n_state // n_in) * bl <= 256]
-                 for n_state in (8, 16)}
-    for n_state, cfgs in scan_cfgs.items():
-        args, kw = scan_inputs(n_state)
+    # one 16-byte vector of steps per thread (no lanes on L), and tiles with lanes on L (the grid behind
+    # docs/benchmarks/tuning-h100/); lanes per channel x steps per tile x warps x stages, at most 256
+    # values per thread and tensor
+    grid = [(8, n_in, nw, ns) for n_in, nw, ns in itertools.product((1, 2, 4, 8), (1, 2, 4), (1, 2, 3))]
+    grid += [(bl, n_in, nw, 2) for bl, n_in, nw in itertools.product((16, 32, 64), (4, 8), (2, 4))]
+    shapes = [(16, SCAN_SHAPE), (8, SCAN_SHAPE), (16, dict(bsz=1, seqlen=4096, dim=1536)),
+              (16, dict(bsz=1, seqlen=16384, dim=1536))]
+    for n_state, shape in shapes:
+        args, kw = scan_inputs(n_state, shape=shape)
         ref = selective_scan(*args, **kw, backend="ref")
-        for cfg in cfgs:
+        times = []
+        for bl, n_in, nw, ns in grid:
+            if n_in > n_state or (n_state // n_in) * bl > 256:
+                continue
+            cfg = (bl, (32 // n_in) * nw, n_in, nw, ns)
             try:
                 err = rel_err(selective_scan_triton(*args, **kw, config=cfg), ref)
-                ms = bench(lambda: selective_scan_triton(*args, **kw, config=cfg))
-                print(f"  N={n_state} cfg={cfg}: {ms:.4f} ms  rel_err {err:.1e}")
+                ms = bench(lambda: selective_scan_triton(*args, **kw, config=cfg), rep=100)
+                times.append((ms, cfg))
+                print(f"  N={n_state} {shape} cfg={cfg}: {ms:.4f} ms  rel_err {err:.1e}")
             except Exception as e:  # noqa: BLE001
-                print(f"  N={n_state} cfg={cfg}: failed {type(e).__name__}: {str(e)[:120]}")
+                print(f"  N={n_state} {shape} cfg={cfg}: failed {type(e).__name__}: {str(e)[:120]}")
+        if shape["bsz"] == 1:  # split-L: the number of segments the sequence is cut into
+            for ms0, cfg in sorted(times)[:3]:
+                for splits in (1, 2, 4, 8, 16):
+                    ms = bench(lambda: selective_scan_triton(*args, **kw, config=cfg, splits=splits), rep=100)
+                    print(f"  N={n_state} {shape} cfg={cfg} splits={splits}: {ms:.4f} ms (auto {ms0:.4f})")
+        print(f"  best N={n_state} {shape}:", sorted(times)[:5])
 
 
 def sweep_ssd(ssd_triton):

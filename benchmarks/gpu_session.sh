@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests of the kernels, then the kernel and model benchmarks, results under $OUT
 # (or ./gpu-out).  Usage: bash benchmarks/gpu_session.sh [PART ...], parts: tests (= tests-scan tests-ssd
-# tests-rest), every, kernels, models, prune, sweep (default: tests kernels models).  Runs from the
-# repository root with PYTHONPATH=. .
+# tests-rest), every, kernels, models, prune, sweep (SSD tiles), sweep-tile (Mamba-1 tiles) (default: tests
+# kernels models).  Runs from the repository root with PYTHONPATH=. .
 set -uo pipefail
 out=${OUT:-gpu-out}
 mkdir -p "$out"
@@ -29,6 +29,8 @@ for part in $parts; do
                    >"$out/every.log" 2>&1; tail -5 "$out/every.log" ;;
         sweep) python3 benchmarks/bench_kernels.py --sweep ssd --no-main >"$out/sweep.txt" 2>&1
                tail -20 "$out/sweep.txt" ;;
+        sweep-tile) python3 benchmarks/bench_kernels.py --sweep tile --no-main >"$out/sweep-tile.txt" 2>&1
+                    grep best "$out/sweep-tile.txt" ;;
         prune) # both demo models, every score, ratios 0..0.75, accuracy + speed + serving memory
                for m in demo-mamba1 demo-mamba2; do
                    PERFMAMBA_AUTOTUNE=0 timeout 220 python3 -m perfmamba.cli prune-sweep "$m" --out "$out/pruning/$m" >"$out/prune-$m.log" 2>&1

@@ -31,43 +31,8 @@ import triton.language as tl
 
 from perfmamba.ops.triton import split as split_l
 from perfmamba.ops.triton.selective_scan import (interpreting, next_pow2, pick_config, scan_launch_args,
-                                                 scan_launch_flags, scan_outputs, segment_decay_coef, softplus)
-
-
-@triton.jit
-def _asm1(x, op: tl.constexpr):
-    return tl.inline_asm_elementwise(op, "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
-
-
-@triton.jit
-def _softplus(x, FAST: tl.constexpr):
-    if FAST:
-        # log(1 + e^x) with the approximate MUFU exp2 / log2 (no fix-ups), for 16-bit inputs only: for small
-        # delta (x < -5) lg2.approx's absolute error is a 1e-4 relative error, fine in bf16 but not at the
-        # fp32 tolerance (1e-5).  Same threshold as torch.
-        e = _asm1(tl.minimum(x, 20.0) * 1.4426950408889634, "ex2.approx.ftz.f32 $0, $1;")
-        return tl.where(x > 20.0, x, _asm1(1.0 + e, "lg2.approx.ftz.f32 $0, $1;") * 0.6931471805599453)
-    else:
-        return softplus(x)
-
-
-@triton.jit
-def _silu(x, FAST: tl.constexpr):
-    if FAST:
-        e = _asm1(x * -1.4426950408889634, "ex2.approx.ftz.f32 $0, $1;")
-        return x * _asm1(1.0 + e, "rcp.approx.ftz.f32 $0, $1;")
-    else:
-        return x * tl.sigmoid(x)
-
-
-@triton.jit
-def _fast_exp2(x, FAST: tl.constexpr):
-    if FAST:
-        # MUFU.EX2 with flush-to-zero: tl.exp2 adds a denormal range fix-up (compare, two multiplies)
-        # around it; the decays here are in (0, 1] and an underflow to 0 is the right answer
-        return _asm1(x, "ex2.approx.ftz.f32 $0, $1;")
-    else:
-        return tl.exp2(x)
+                                                 scan_launch_flags, scan_outputs, segment_decay_coef, softplus_act, silu_act,
+                                                 exp2_decay)
 
 
 @triton.jit
@@ -176,7 +141,7 @@ def _scan_steps_kernel(
         if HAS_DT_BIAS:
             dt = dt + dt_bias
         if SOFTPLUS:
-            dt = _softplus(dt, FAST_ACT)
+            dt = softplus_act(dt, FAST_ACT)
         dt = tl.where(live, dt, 0.0)  # steps past the end leave h alone (a = 1, b = 0)
         dtu = dt * u
         if STATES_ONLY:
@@ -188,7 +153,7 @@ def _scan_steps_kernel(
             # identity of the sum, so no add survives either)
             sel = step4 == i
             dt_i = tl.sum(tl.where(sel, dt, -0.0), axis=0)  # (BLOCK_D, N_IN, 1)
-            h = _fast_exp2(dt_i * A2, FAST_EXP) * h + tl.sum(tl.where(sel, dtu, -0.0), axis=0) * tl.sum(
+            h = exp2_decay(dt_i * A2, FAST_EXP) * h + tl.sum(tl.where(sel, dtu, -0.0), axis=0) * tl.sum(
                 tl.where(sel, Bt, -0.0), axis=0)
             if not STATES_ONLY:
                 y_i = tl.sum(tl.sum(h * tl.sum(tl.where(sel, Ct, -0.0), axis=0), axis=2, keep_dims=True), axis=1,
@@ -198,7 +163,7 @@ def _scan_steps_kernel(
             if HAS_D:
                 yt += u * d_skip
             if HAS_Z:
-                yt = yt * _silu(zt, FAST_ACT)
+                yt = yt * silu_act(zt, FAST_ACT)
             # the N_IN threads of a channel hold the same y; only the first stores it
             tl.store(y_ptrs + l0 * s_yl, yt.to(y_ptr.dtype.element_ty), mask=d_mask & live & (lane4 == 0))
 

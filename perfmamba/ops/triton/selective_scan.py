@@ -96,6 +96,42 @@ def softplus(x):
 
 
 @triton.jit
+def asm_f32(x, op: tl.constexpr):
+    return tl.inline_asm_elementwise(op, "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def softplus_act(x, FAST: tl.constexpr):
+    if FAST:
+        # log(1 + e^x) with the approximate MUFU exp2 / log2 (no fix-ups), for 16-bit inputs only: for small
+        # delta (x < -5) lg2.approx's absolute error is a 1e-4 relative error, fine in bf16 but not at the
+        # fp32 tolerance (1e-5).  Same threshold as torch.
+        e = asm_f32(tl.minimum(x, 20.0) * 1.4426950408889634, "ex2.approx.ftz.f32 $0, $1;")
+        return tl.where(x > 20.0, x, asm_f32(1.0 + e, "lg2.approx.ftz.f32 $0, $1;") * 0.6931471805599453)
+    else:
+        return softplus(x)
+
+
+@triton.jit
+def silu_act(x, FAST: tl.constexpr):
+    if FAST:
+        e = asm_f32(x * -1.4426950408889634, "ex2.approx.ftz.f32 $0, $1;")
+        return x * asm_f32(1.0 + e, "rcp.approx.ftz.f32 $0, $1;")
+    else:
+        return x * tl.sigmoid(x)
+
+
+@triton.jit
+def exp2_decay(x, FAST: tl.constexpr):
+    if FAST:
+        # MUFU.EX2 with flush-to-zero: tl.exp2 adds a denormal range fix-up (compare, two multiplies)
+        # around it; the decays here are in (0, 1] and an underflow to 0 is the right answer
+        return asm_f32(x, "ex2.approx.ftz.f32 $0, $1;")
+    else:
+        return tl.exp2(x)
+
+
+@triton.jit
 def _scan_combine(a1, b1, a2, b2):
     # (a1, b1) then (a2, b2): h -> a2 (a1 h + b1) + b2
     return a1 * a2, a2 * b1 + b2
@@ -119,7 +155,7 @@ def _selective_scan_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     STORE_STATE: tl.constexpr, HAS_INIT: tl.constexpr, STATES_ONLY: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, N_IN: tl.constexpr,
-    NUM_STAGES: tl.constexpr,
+    NUM_STAGES: tl.constexpr, FAST_EXP: tl.constexpr, FAST_ACT: tl.constexpr,
 ):
     pid_bg = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -194,20 +230,25 @@ def _selective_scan_kernel(
         if HAS_DT_BIAS:
             dt = dt + dt_bias[None, :]
         if SOFTPLUS:
-            dt = softplus(dt)
+            dt = softplus_act(dt, FAST_ACT)
         # steps past L must leave the state alone: delta = 0 gives a = 1, b = 0
         dt = tl.where(ld_mask, dt, 0.0)
 
         dt4 = dt[:, None, :, None]  # (BLOCK_L, 1, BLOCK_D, 1)
-        a = tl.exp2(dt4 * A2[None])  # (BLOCK_L, N_OUT, BLOCK_D, N_IN)
+        a = exp2_decay(dt4 * A2[None], FAST_EXP)  # (BLOCK_L, N_OUT, BLOCK_D, N_IN)
         bx = (dt * u)[:, None, :, None] * Bt
+        # The state entering the tile is folded into its first step (b_0 += a_0 h), so that the scan's
+        # running products of a are never used and the compiler drops them (one multiply and one FMA
+        # per state element fewer than folding it in afterwards).  With the whole tile inside each thread
+        # the row test is a constant per register and costs nothing.
+        bx = tl.where(rows4 == 0, a * h[None] + bx, bx)
         if BLOCK_L == 1:
             # one step per tile (the interpreter's choice: its generic scan is a Python loop per element)
-            a_cum, hs = a, bx
+            hs = bx
         else:
-            a_cum, hs = tl.associative_scan((a, bx), 0, _scan_combine)
-        hs = hs + a_cum * h[None]  # fold in the state entering the tile
-        h = tl.sum(tl.where(last_row, hs, 0.0), axis=0)
+            _, hs = tl.associative_scan((a, bx), 0, _scan_combine)
+        # -0.0 is the exact identity of fp32 addition: inside a thread this sum folds to the last row
+        h = tl.sum(tl.where(last_row, hs, -0.0), axis=0)
         if STATES_ONLY:
             dt_sum += tl.sum(dt, axis=0)
         else:
@@ -217,7 +258,7 @@ def _selective_scan_kernel(
                 yt += u * d_skip[None, :]
             if HAS_Z:
                 zt = tl.load(z_base + offs_l[:, None] * s_zl, mask=ld_mask, other=0.0).to(tl.float32)
-                yt = yt * zt * tl.sigmoid(zt)
+                yt = yt * silu_act(zt, FAST_ACT)
             tl.store(y_base + offs_l[:, None] * s_yl, yt.to(y_ptr.dtype.element_ty), mask=ld_mask)
 
     if STORE_STATE:
@@ -226,13 +267,15 @@ def _selective_scan_kernel(
         tl.store(dts_ptr + b * s_sb + seg * s_ss + chan * s_sd, dt_sum, mask=d_mask)
 
 
-def _scan_configs(n_state: int, seqlen: int, channels_per_group: int):
+def _scan_configs(n_state: int, seqlen: int, channels_per_group: int, vec: int = 8):
     """Candidate (BLOCK_L, BLOCK_D, N_IN, num_warps, num_stages) for a problem, the default first.
 
     N_IN lanes share one channel's states so each thread keeps N_OUT = BLOCK_N / N_IN of them for BLOCK_L
     steps; the other lanes and all warps go to channels (BLOCK_D = 32 / N_IN * num_warps).  Fewer states
-    mean proportionally more channels per program, so the time follows N.  Longer BLOCK_L amortizes the
-    per-tile cost (layout shuffles, barriers, loop overhead); register space bounds BLOCK_L * N_OUT.
+    mean proportionally more channels per program, so the time follows N.  ``vec`` is the number of B / C
+    elements in 16 bytes: a tile of that many steps is one vector load per thread and stays inside the
+    thread, so the scan is a plain sequence of FMAs; longer tiles put lanes on L (a shuffle tree) but
+    amortize the per-tile cost over more steps.  Register space bounds BLOCK_L * N_OUT.
     """
     block_n = max(2, next_pow2(n_state))
     if interpreting():
@@ -240,13 +283,13 @@ def _scan_configs(n_state: int, seqlen: int, channels_per_group: int):
         # one step per tile and wide channel blocks are fastest there
         return [(1, min(64, max(2, next_pow2(channels_per_group))), 1, 1, 1)]
     cands = []
-    # Measured on an H100 (bf16, B=8 L=2048 D=1536): N=16 0.50 ms at (32, 16, 8, 4, 2) vs 0.57-0.58 ms at
-    # BLOCK_L = 8; N=8 0.28 ms at (32, 32, 4, 4, 2).  A twin kernel with B/C L-strides hidden from the
-    # compiler (to force L inside threads at any BLOCK_L) made the B/C loads scalar and ran 2-10x slower.
-    # A later sweep of 102 configurations found two-warp programs faster: N=16 0.477 ms at (32, 8, 8, 2, 2)
-    # and N=8 0.210 ms at (64, 8, 8, 2, 2) -- one state per lane, 64 steps per tile.
-    for n_in, block_l, nw, stages in ((block_n // 2, 32, 4, 2), (block_n // 4, 8, 4, 1), (block_n // 2, 16, 4, 1),
-                                      (block_n // 2, 32, 2, 2), (block_n, 64, 2, 2)):
+    # Tiles with lanes on L, measured on an H100 (bf16, B=8 L=2048 D=1536): a sweep of 102 configurations
+    # (docs/benchmarks/tuning-h100/) found N=16 0.477 ms at (32, 8, 8, 2, 2) and N=8 0.210 ms at
+    # (64, 8, 8, 2, 2).  A twin kernel with B/C L-strides hidden from the compiler (to force L inside
+    # threads at any BLOCK_L) made the B/C loads scalar and ran 2-10x slower.
+    for n_in, block_l, nw, stages in ((block_n // 4, vec, 2, 2), (block_n // 4, vec, 4, 2), (block_n // 2, vec, 2, 2),
+                                      (block_n // 8, vec, 2, 2), (block_n // 2, 32, 4, 2), (block_n // 2, 32, 2, 2),
+                                      (block_n, 64, 2, 2)):
         n_in = min(32, max(1, n_in))
         if (block_n // n_in) * block_l > 256:  # registers: BLOCK_L * N_OUT values per thread and tensor
             continue
@@ -349,6 +392,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
                               Bg.stride(), Cg.stride()),
             **scan_launch_flags(n_state, D, z, delta_bias, delta_softplus, h_in, h_out, states_only, grid),
             BLOCK_L=block_l, BLOCK_N=block_n, BLOCK_D=block_d, N_IN=n_in, NUM_STAGES=num_stages,
+            FAST_EXP=not interpreting(), FAST_ACT=not interpreting() and u.element_size() < 4,
             num_warps=num_warps,
         )
 
@@ -363,6 +407,6 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         # the candidates are timed once per shape class on the live inputs (see pick_config)
         key = ("scan", block_n, next_pow2(dg), next_pow2(seqlen), bsz * groups, u.dtype, Bg.dtype, z is not None,
                splits)
-        config = pick_config(key, _scan_configs(n_state, seqlen, dg), launch)
+        config = pick_config(key, _scan_configs(n_state, seqlen, dg, 16 // Bg.element_size()), launch)
     launch(config)
     return (y, hlast) if return_last_state else y
