@@ -212,24 +212,26 @@ def run_sweep(parts):
 
 
 def sweep_tiles(selective_scan_triton):
-    """Times the Mamba-1 tile kernel over a grid of configurations, on the benchmark shape (N = 16 and 8)
-    and on the batch-1 shapes of a whole layer (L = 4096) and of a long prefill (L = 16384)."""
+    """Times the Mamba-1 tile kernel over a grid of configurations on the benchmark shape (N = 16 and 8),
+    then the fastest of them, and the one-vector in-thread tiles, on the batch-1 shapes of a whole layer
+    (L = 4096) and of a long prefill (L = 16384)."""
     print("sweep: mamba1 scan (BLOCK_L, BLOCK_D, N_IN, num_warps, num_stages)")
-    # one 16-byte vector of steps per thread (no lanes on L), and tiles with lanes on L (the grid behind
-    # docs/benchmarks/tuning-h100/); lanes per channel x steps per tile x warps x stages, at most 256
-    # values per thread and tensor
-    grid = [(8, n_in, nw, ns) for n_in, nw, ns in itertools.product((1, 2, 4, 8), (1, 2, 4), (1, 2, 3))]
-    grid += [(bl, n_in, nw, 2) for bl, n_in, nw in itertools.product((16, 32, 64), (4, 8), (2, 4))]
+    # Triton puts lanes on L first (BLOCK_L / 8 of them for bf16), then on the N_IN states of a channel;
+    # the channels of BLOCK_D go to the warps and, past those, inside each thread
+    grids = {16: [(bl, bd, 8, nw, ns) for bl, bd, nw, ns in itertools.product((32, 64), (2, 4, 8, 16), (1, 2, 4), (2, 3))
+                  if bd >= nw],
+             8: [(bl, bd, 8, nw, ns) for bl, bd, nw, ns in itertools.product((64, 128), (2, 4, 8, 16), (1, 2, 4), (2, 3))
+                 if bd >= nw]}
+    in_thread = [(8, 64, 1, 2, 1), (8, 32, 4, 4, 1), (8, 64, 2, 4, 1), (8, 128, 1, 4, 1)]
+    best16 = []
     shapes = [(16, SCAN_SHAPE), (8, SCAN_SHAPE), (16, dict(bsz=1, seqlen=4096, dim=1536)),
               (16, dict(bsz=1, seqlen=16384, dim=1536))]
     for n_state, shape in shapes:
         args, kw = scan_inputs(n_state, shape=shape)
         ref = selective_scan(*args, **kw, backend="ref")
         times = []
-        for bl, n_in, nw, ns in grid:
-            if n_in > n_state or (n_state // n_in) * bl > 256:
-                continue
-            cfg = (bl, (32 // n_in) * nw, n_in, nw, ns)
+        cfgs = grids[n_state] if shape is SCAN_SHAPE else best16 + in_thread
+        for cfg in cfgs:
             try:
                 err = rel_err(selective_scan_triton(*args, **kw, config=cfg), ref)
                 ms = bench(lambda: selective_scan_triton(*args, **kw, config=cfg), rep=100)
@@ -237,20 +239,18 @@ def sweep_tiles(selective_scan_triton):
                 print(f"  N={n_state} {shape} cfg={cfg}: {ms:.4f} ms  rel_err {err:.1e}")
             except Exception as e:  # noqa: BLE001
                 print(f"  N={n_state} {shape} cfg={cfg}: failed {type(e).__name__}: {str(e)[:120]}")
-        if shape["bsz"] == 1:  # split-L: the number of segments the sequence is cut into
-            for ms0, cfg in sorted(times)[:3]:
-                for splits in (1, 2, 4, 8, 16):
-                    ms = bench(lambda: selective_scan_triton(*args, **kw, config=cfg, splits=splits), rep=100)
-                    print(f"  N={n_state} {shape} cfg={cfg} splits={splits}: {ms:.4f} ms (auto {ms0:.4f})")
-        print(f"  best N={n_state} {shape}:", sorted(times)[:5])
+        times.sort()
+        if n_state == 16 and shape is SCAN_SHAPE:
+            best16 = [cfg for _, cfg in times[:6]]
+        print(f"  best N={n_state} {shape}:", times[:5])
 
 
 def sweep_ssd(ssd_triton):
     print("sweep: mamba2 ssd (BLOCK_T, BLOCK_P, num_warps, num_stages)")
-    for n_state in (128, 96):
+    for n_state in (128, 96, 64, 32):
         args, kw = ssd_inputs(n_state)
         ref = ssd(*args, **kw, backend="ref")
-        for cfg in [(32, 64, 4, 2), (32, 64, 4, 3), (32, 64, 4, 4), (64, 64, 4, 3)]:
+        for cfg in [(32, 64, 4, 2), (32, 64, 4, 3), (32, 64, 8, 2), (64, 64, 4, 2), (64, 64, 8, 2), (16, 64, 4, 2)]:
             try:
                 err = rel_err(ssd_triton(*args, **kw, config=cfg), ref)
                 ms = bench(lambda: ssd_triton(*args, **kw, config=cfg))
