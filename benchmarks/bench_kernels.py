@@ -213,16 +213,19 @@ def run_sweep(parts):
 
 def sweep_tiles(selective_scan_triton):
     """Times the Mamba-1 tile kernel over a grid of configurations on the benchmark shape (N = 16 and 8),
-    then the fastest of them, and the one-vector in-thread tiles, on the batch-1 shapes of a whole layer
-    (L = 4096) and of a long prefill (L = 16384)."""
+    then the six fastest at N = 16 on the batch-1 shapes of a whole layer (L = 4096) and of a long prefill
+    (L = 16384)."""
     print("sweep: mamba1 scan (BLOCK_L, BLOCK_D, N_IN, num_warps, num_stages)")
     # Triton puts lanes on L first (BLOCK_L / 8 of them for bf16), then on the N_IN states of a channel;
-    # the channels of BLOCK_D go to the warps and, past those, inside each thread
-    grids = {16: [(bl, bd, 8, nw, ns) for bl, bd, nw, ns in itertools.product((32, 64), (2, 4, 8, 16), (1, 2, 4), (2, 3))
-                  if bd >= nw],
-             8: [(bl, bd, 8, nw, ns) for bl, bd, nw, ns in itertools.product((64, 128), (2, 4, 8, 16), (1, 2, 4), (2, 3))
-                 if bd >= nw]}
-    in_thread = [(8, 64, 1, 2, 1), (8, 32, 4, 4, 1), (8, 64, 2, 4, 1), (8, 128, 1, 4, 1)]
+    # the channels of BLOCK_D go to the warps and, past those, inside each thread.  One-warp programs with
+    # three or four stages in flight measured fastest on an H200 (2026-12-01) in a wider grid.
+    grids = {16: [(64, 2, 8, 1, 3), (64, 2, 8, 1, 4), (128, 2, 8, 1, 3), (128, 1, 8, 1, 3), (64, 1, 8, 1, 3),
+                  (64, 1, 8, 1, 4), (32, 2, 8, 1, 4), (32, 4, 8, 1, 3), (32, 4, 2, 1, 3), (32, 4, 2, 1, 4),
+                  (64, 2, 2, 1, 3), (16, 16, 1, 1, 3), (16, 8, 1, 1, 3), (32, 4, 4, 1, 3), (16, 8, 2, 1, 3),
+                  (32, 2, 4, 1, 3), (64, 4, 8, 2, 3), (64, 4, 8, 2, 4), (32, 8, 2, 2, 3), (64, 2, 4, 1, 3)],
+             8: [(128, 2, 8, 1, 3), (128, 2, 8, 1, 4), (128, 1, 8, 1, 3), (128, 4, 8, 2, 3), (64, 4, 4, 1, 3),
+                 (64, 2, 4, 1, 3), (32, 4, 2, 1, 3), (64, 2, 2, 1, 3), (32, 8, 1, 1, 3), (64, 4, 8, 1, 3),
+                 (64, 2, 8, 1, 3), (128, 2, 4, 1, 3)]}
     best16 = []
     shapes = [(16, SCAN_SHAPE), (8, SCAN_SHAPE), (16, dict(bsz=1, seqlen=4096, dim=1536)),
               (16, dict(bsz=1, seqlen=16384, dim=1536))]
@@ -230,7 +233,7 @@ def sweep_tiles(selective_scan_triton):
         args, kw = scan_inputs(n_state, shape=shape)
         ref = selective_scan(*args, **kw, backend="ref")
         times = []
-        cfgs = grids[n_state] if shape is SCAN_SHAPE else best16 + in_thread
+        cfgs = grids[n_state] if shape is SCAN_SHAPE else best16
         for cfg in cfgs:
             try:
                 err = rel_err(selective_scan_triton(*args, **kw, config=cfg), ref)
