@@ -295,17 +295,19 @@ def _scan_configs(n_state: int, seqlen: int, channels_per_group: int, vec: int =
         # one step per tile and wide channel blocks are fastest there
         return [(1, min(64, max(2, next_pow2(channels_per_group))), 1, 1, 1)]
     cands = []
-    # Tiles with lanes on L, measured on an H100 (bf16, B=8 L=2048 D=1536): a sweep of 102 configurations
-    # (docs/benchmarks/tuning-h100/) found N=16 0.477 ms at (32, 8, 8, 2, 2) and N=8 0.210 ms at
-    # (64, 8, 8, 2, 2).  A twin kernel with B/C L-strides hidden from the compiler (to force L inside
-    # threads at any BLOCK_L) made the B/C loads scalar and ran 2-10x slower.
-    for n_in, block_l, nw, stages in ((block_n // 4, vec, 2, 2), (block_n // 4, vec, 4, 2), (block_n // 2, vec, 2, 2),
-                                      (block_n // 8, vec, 2, 2), (block_n // 2, 32, 4, 2), (block_n // 2, 32, 2, 2),
-                                      (block_n, 64, 2, 2)):
+    # Measured on an H200 (bf16, B=8 L=2048 D=1536, 2026-12-01; docs/kernel_notes.md): one-warp programs
+    # of 64-128 steps with three tiles in flight, N=16 0.321 ms at (64, 2, 8, 1, 3) and N=8 0.145 ms at
+    # (128, 2, 8, 1, 3); at batch 1, L=16384, (128, 1, 8, 1, 3) took 0.329 ms against 0.459 ms.  Then the
+    # earlier candidates (an H100 sweep of 102 configurations, docs/benchmarks/tuning-h100/), which keep
+    # fewer states per thread and so remain valid for large N.
+    n8 = min(8, block_n)
+    for block_l, n_in, nw, stages, block_d in ((64, n8, 1, 3, 2), (128, n8, 1, 3, 1), (128, n8, 1, 3, 2),
+                                               (64, n8, 1, 3, 1), (64, n8, 2, 3, 4), (32, n8, 1, 3, 4),
+                                               (32, block_n // 2, 2, 2, None), (16, block_n // 2, 4, 1, None)):
         n_in = min(32, max(1, n_in))
         if (block_n // n_in) * block_l > 256:  # registers: BLOCK_L * N_OUT values per thread and tensor
             continue
-        cfg = (block_l, (32 // n_in) * nw, n_in, nw, stages)
+        cfg = (block_l, block_d or (32 // n_in) * nw, n_in, nw, stages)
         if cfg not in cands:
             cands.append(cfg)
     return cands
