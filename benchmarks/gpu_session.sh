@@ -2,7 +2,8 @@
 # One device call: the GPU tests of the kernels, then the kernel and model benchmarks, results under $OUT
 # (or ./gpu-out).  Usage: bash benchmarks/gpu_session.sh [PART ...], parts: tests (= tests-scan tests-ssd
 # tests-rest), every, kernels, models, prune, sweep (SSD tiles), sweep-tile (Mamba-1 tiles) (default: tests
-# kernels models).  Runs from the repository root with PYTHONPATH=. .
+# kernels models).  Runs from the repository root with PYTHONPATH=. .  Give the commit as
+# PERFMAMBA_GIT_REVISION=<hash> (a literal: the tree copied to the device may carry a stale .git).
 set -uo pipefail
 out=${OUT:-gpu-out}
 mkdir -p "$out"
