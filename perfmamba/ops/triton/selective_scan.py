@@ -12,8 +12,10 @@ states of those channels in registers (fp32).  It walks the sequence in tiles of
     Up to one 16-byte vector along L (BLOCK_L <= 8 for bf16) the scan is a sequential in-register loop;
     a longer BLOCK_L puts a few lanes on L and the scan finishes with a short shuffle tree, which still
     measured faster because the per-tile overhead is amortized over more steps;
-  * the state entering the tile is folded in afterwards (h_t += (a_1...a_t) h_in), and the state leaving
-    it is the last row; y_t = sum_n h_t C_t reduces N_OUT in registers and N_IN across lanes.
+  * the state entering the tile is folded into its first step (b_1 += a_1 h_in) so that the scan's
+    running products of a are dead code, and the state leaving it is the last row; y_t = sum_n h_t C_t
+    reduces N_OUT in registers and N_IN across lanes.  The fastest tiles on an H200 are one warp of 64-128
+    steps with three tiles in flight (the candidates in ``_scan_configs``).
 
 The work per element is one exp2 plus a handful of FMAs, so the cost grows linearly with N; the padded
 BLOCK_N (a power of two) is the only waste for odd N.
