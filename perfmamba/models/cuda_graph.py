@@ -31,7 +31,7 @@ class GraphDecoder:
     def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Run the prompt eagerly into the static cache; returns the last position's logits (Bsz, V)."""
         self.cache.reset()
-        return self.model(input_ids, self.cache)[:, -1]
+        return self.model(input_ids, self.cache, logits_to_keep=1)[:, -1]
 
     @torch.inference_mode()
     def step(self, token: torch.Tensor) -> torch.Tensor:
@@ -57,20 +57,20 @@ class GraphPrefill:
 
     A whole forward of a small model launches a few hundred kernels; at short lengths launching them costs
     more than running them, and a replay removes that cost.  The logits tensor is static (overwritten by
-    the next call).
+    the next call).  ``logits_to_keep`` as in ``MambaLM.forward`` (0: every position).
     """
 
-    def __init__(self, model, batch_size: int, seqlen: int):
+    def __init__(self, model, batch_size: int, seqlen: int, logits_to_keep: int = 0):
         device = next(model.parameters()).device
         if device.type != "cuda":
             raise ValueError("CUDA-graph prefill needs the model on a CUDA device")
         self.model = model
         self.input_ids = torch.zeros(batch_size, seqlen, dtype=torch.long, device=device)  # static input
         forward = model.forward_unchecked
-        _warm_up(lambda: forward(self.input_ids), device)
+        _warm_up(lambda: forward(self.input_ids, None, logits_to_keep), device)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph), torch.inference_mode():
-            self.logits = forward(self.input_ids)  # (Bsz, L, V)
+            self.logits = forward(self.input_ids, None, logits_to_keep)  # (Bsz, L or logits_to_keep, V)
 
     @torch.inference_mode()
     def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
