@@ -30,9 +30,9 @@ import triton
 import triton.language as tl
 
 from perfmamba.ops.triton import split as split_l
-from perfmamba.ops.triton.selective_scan import (interpreting, next_pow2, pick_config, scan_launch_args,
-                                                 scan_launch_flags, scan_outputs, segment_decay_coef, softplus_act, silu_act,
-                                                 exp2_decay)
+from perfmamba.ops.triton.selective_scan import (exp2_decay, interpreting, next_pow2, pick_config,
+                                                 scan_launch_args, scan_launch_flags, scan_outputs,
+                                                 segment_decay_coef, silu_act, softplus_act)
 
 
 @triton.jit
