@@ -232,17 +232,9 @@ def sweep_tiles(selective_scan_triton):
     for n_state, shape in shapes:
         args, kw = scan_inputs(n_state, shape=shape)
         ref = selective_scan(*args, **kw, backend="ref")
-        times = []
         cfgs = grids[n_state] if shape is SCAN_SHAPE else best16
-        for cfg in cfgs:
-            try:
-                err = rel_err(selective_scan_triton(*args, **kw, config=cfg), ref)
-                ms = bench(lambda: selective_scan_triton(*args, **kw, config=cfg), rep=100)
-                times.append((ms, cfg))
-                print(f"  N={n_state} {shape} cfg={cfg}: {ms:.4f} ms  rel_err {err:.1e}")
-            except Exception as e:  # noqa: BLE001
-                print(f"  N={n_state} {shape} cfg={cfg}: failed {type(e).__name__}: {str(e)[:120]}")
-        times.sort()
+        times = sorted(time_configs(f"N={n_state} {shape}", lambda cfg: selective_scan_triton(*args, **kw, config=cfg),
+                                    ref, cfgs, rep=100))
         if n_state == 16 and shape is SCAN_SHAPE:
             best16 = [cfg for _, cfg in times[:6]]
         print(f"  best N={n_state} {shape}:", times[:5])
@@ -253,13 +245,23 @@ def sweep_ssd(ssd_triton):
     for n_state in (128, 96, 64, 32):
         args, kw = ssd_inputs(n_state)
         ref = ssd(*args, **kw, backend="ref")
-        for cfg in [(32, 64, 4, 2), (32, 64, 4, 3), (32, 64, 8, 2), (64, 64, 4, 2), (64, 64, 8, 2), (16, 64, 4, 2)]:
-            try:
-                err = rel_err(ssd_triton(*args, **kw, config=cfg), ref)
-                ms = bench(lambda: ssd_triton(*args, **kw, config=cfg))
-                print(f"  N={n_state} cfg={cfg}: {ms:.4f} ms  rel_err {err:.1e}")
-            except Exception as e:  # noqa: BLE001
-                print(f"  N={n_state} cfg={cfg}: failed {type(e).__name__}: {str(e)[:120]}")
+        time_configs(f"N={n_state}", lambda cfg: ssd_triton(*args, **kw, config=cfg), ref,
+                     [(32, 64, 4, 2), (32, 64, 4, 3), (32, 64, 8, 2), (64, 64, 4, 2), (64, 64, 8, 2), (16, 64, 4, 2)])
+
+
+def time_configs(label, run, ref, cfgs, rep=200):
+    """(ms, cfg) for each configuration ``run(cfg)`` can launch, printing each time and its error against
+    ``ref``; a configuration that fails (to compile, or for resources) is printed and skipped."""
+    times = []
+    for cfg in cfgs:
+        try:
+            err = rel_err(run(cfg), ref)
+            ms = bench(lambda: run(cfg), rep=rep)
+            times.append((ms, cfg))
+            print(f"  {label} cfg={cfg}: {ms:.4f} ms  rel_err {err:.1e}")
+        except Exception as e:  # noqa: BLE001
+            print(f"  {label} cfg={cfg}: failed {type(e).__name__}: {str(e)[:120]}")
+    return times
 
 
 def write_outputs(records, meta, out_dir, tag):

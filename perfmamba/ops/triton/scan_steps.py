@@ -73,7 +73,7 @@ def _scan_steps_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     STORE_STATE: tl.constexpr, HAS_INIT: tl.constexpr, STATES_ONLY: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_D: tl.constexpr, N_IN: tl.constexpr, VEC: tl.constexpr, STEPS: tl.constexpr,
-    FAST_EXP: tl.constexpr, FAST_ACT: tl.constexpr,
+    ASM: tl.constexpr, FAST_ACT: tl.constexpr,
 ):
     pid_bg = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -153,7 +153,7 @@ def _scan_steps_kernel(
             # identity of the sum, so no add survives either)
             sel = step4 == i
             dt_i = tl.sum(tl.where(sel, dt, -0.0), axis=0)  # (BLOCK_D, N_IN, 1)
-            h = exp2_decay(dt_i * A2, FAST_EXP) * h + tl.sum(tl.where(sel, dtu, -0.0), axis=0) * tl.sum(
+            h = exp2_decay(dt_i * A2, ASM) * h + tl.sum(tl.where(sel, dtu, -0.0), axis=0) * tl.sum(
                 tl.where(sel, Bt, -0.0), axis=0)
             if not STATES_ONLY:
                 y_i = tl.sum(tl.sum(h * tl.sum(tl.where(sel, Ct, -0.0), axis=0), axis=2, keep_dims=True), axis=1,
@@ -221,7 +221,7 @@ def selective_scan_steps(u, delta, A, Bg, Cg, D, z, delta_bias, delta_softplus, 
         _scan_steps_kernel[grid](
             *scan_launch_args(u, delta, A, Bg, Cg, D, z, delta_bias, y, h_in, h_out, dt_sums, seg, bstr, cstr),
             **scan_launch_flags(n_state, D, z, delta_bias, delta_softplus, h_in, h_out, states_only, grid),
-            BLOCK_D=block_d, N_IN=n_in, VEC=vec, STEPS=steps, FAST_EXP=not interpret,
+            BLOCK_D=block_d, N_IN=n_in, VEC=vec, STEPS=steps, ASM=not interpret,
             FAST_ACT=not interpret and u.element_size() < 4,
             num_warps=num_warps,
         )

@@ -183,7 +183,9 @@ def _selective_scan_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     STORE_STATE: tl.constexpr, HAS_INIT: tl.constexpr, STATES_ONLY: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, N_IN: tl.constexpr,
-    NUM_STAGES: tl.constexpr, FAST_EXP: tl.constexpr, FAST_ACT: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+    ASM: tl.constexpr,  # inline PTX allowed: compiled for a GPU, not run by the interpreter
+    FAST_ACT: tl.constexpr,  # approximate softplus / SiLU (16-bit inputs only)
 ):
     pid_bg = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -245,8 +247,8 @@ def _selective_scan_kernel(
         ld_mask = l_mask[:, None] & d_mask[None, :]  # (BLOCK_L, BLOCK_D)
         l4 = l0 + rows4
         ln_mask = (l4 < l_end) & n_mask3[None]  # (BLOCK_L, N_OUT, 1, N_IN)
-        u = to_f32(tl.load(u_base + offs_l[:, None] * s_ul, mask=ld_mask, other=0.0), FAST_EXP)
-        dt = to_f32(tl.load(t_base + offs_l[:, None] * s_tl, mask=ld_mask, other=0.0), FAST_EXP)
+        u = to_f32(tl.load(u_base + offs_l[:, None] * s_ul, mask=ld_mask, other=0.0), ASM)
+        dt = to_f32(tl.load(t_base + offs_l[:, None] * s_tl, mask=ld_mask, other=0.0), ASM)
         # B and C are loaded already broadcast over BLOCK_D (same address across those lanes: one
         # transaction).  A full-shape load makes Triton give the whole computation this load's layout:
         # L contiguous inside each thread (vector loads) and lanes over N_IN and BLOCK_D, which is the
@@ -254,18 +256,18 @@ def _selective_scan_kernel(
         # the BLOCK_D broadcast inside threads.
         shape4: tl.constexpr = (BLOCK_L, N_OUT, BLOCK_D, N_IN)
         m4 = tl.broadcast_to(ln_mask, shape4)
-        Bt = to_f32(tl.load(tl.broadcast_to(B_base[None] + l4 * s_bl, shape4), mask=m4, other=0.0), FAST_EXP)
+        Bt = to_f32(tl.load(tl.broadcast_to(B_base[None] + l4 * s_bl, shape4), mask=m4, other=0.0), ASM)
         if HAS_DT_BIAS:
             dt = dt + dt_bias[None, :]
         if SOFTPLUS:
             dt = softplus_act(dt, FAST_ACT)
         # steps past L must leave the state alone: delta = 0 gives a = 1, b = 0
         dt = tl.where(ld_mask, dt, 0.0)
-        dtu = materialize(dt * u, FAST_EXP)
-        dt = materialize(dt, FAST_EXP)
+        dtu = materialize(dt * u, ASM)
+        dt = materialize(dt, ASM)
 
         dt4 = dt[:, None, :, None]  # (BLOCK_L, 1, BLOCK_D, 1)
-        a = exp2_decay(dt4 * A2[None], FAST_EXP)  # (BLOCK_L, N_OUT, BLOCK_D, N_IN)
+        a = exp2_decay(dt4 * A2[None], ASM)  # (BLOCK_L, N_OUT, BLOCK_D, N_IN)
         bx = dtu[:, None, :, None] * Bt
         # The state entering the tile is folded into its first step (b_0 += a_0 h), so that the scan's
         # running products of a are never used and the compiler drops them (one multiply and one FMA
@@ -283,13 +285,13 @@ def _selective_scan_kernel(
             dt_sum += tl.sum(dt, axis=0)
         else:
             Ct = to_f32(tl.load(tl.broadcast_to(C_base[None] + l4 * s_cl, shape4), mask=m4, other=0.0),
-                        FAST_EXP)
+                        ASM)
             yt = tl.sum(tl.sum(hs * Ct, axis=1), axis=2)  # (BLOCK_L, BLOCK_D)
             if HAS_D:
                 yt += u * d_skip[None, :]
             if HAS_Z:
-                zt = to_f32(tl.load(z_base + offs_l[:, None] * s_zl, mask=ld_mask, other=0.0), FAST_EXP)
-                yt = yt * materialize(silu_act(zt, FAST_ACT), FAST_EXP)
+                zt = to_f32(tl.load(z_base + offs_l[:, None] * s_zl, mask=ld_mask, other=0.0), ASM)
+                yt = yt * materialize(silu_act(zt, FAST_ACT), ASM)
             tl.store(y_base + offs_l[:, None] * s_yl, yt.to(y_ptr.dtype.element_ty), mask=ld_mask)
 
     if STORE_STATE:
@@ -426,7 +428,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
                               Bg.stride(), Cg.stride()),
             **scan_launch_flags(n_state, D, z, delta_bias, delta_softplus, h_in, h_out, states_only, grid),
             BLOCK_L=block_l, BLOCK_N=block_n, BLOCK_D=block_d, N_IN=n_in, NUM_STAGES=num_stages,
-            FAST_EXP=not interpreting(), FAST_ACT=not interpreting() and u.element_size() < 4,
+            ASM=not interpreting(), FAST_ACT=not interpreting() and u.element_size() < 4,
             num_warps=num_warps,
         )
 

@@ -59,7 +59,9 @@ def _ssd_fused_kernel(
     CLAMP_DT: tl.constexpr, HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, STATES_ONLY: tl.constexpr,
     SPLIT: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr,
-    PRECISION: tl.constexpr, FAST_EXP: tl.constexpr, FAST_ACT: tl.constexpr,
+    PRECISION: tl.constexpr,
+    ASM: tl.constexpr,  # inline PTX allowed: compiled for a GPU, not run by the interpreter
+    FAST_ACT: tl.constexpr,  # approximate softplus / SiLU (16-bit inputs only)
 ):
     pid_bh = tl.program_id(0)
     pid_p = tl.program_id(1)
@@ -153,23 +155,24 @@ def _ssd_fused_kernel(
             y = tl.dot(Cc, h.to(x.dtype), input_precision=PRECISION)
             if BLOCK_N2 > 0:
                 y = tl.dot(Cc2, h2.to(x.dtype), acc=y, input_precision=PRECISION)
-            y = y * exp2_decay(acum, FAST_EXP)[:, None]
+            y = y * exp2_decay(acum, ASM)[:, None]
             # the chunk itself: causal, decay-weighted C B^T times dt_s x_s
             cb = tl.dot(Cc, Bt, input_precision=PRECISION)  # (T, T) fp32
             if BLOCK_N2 > 0:
                 cb = tl.dot(Cc2, Bt2, acc=cb, input_precision=PRECISION)
             decay = tl.where(causal, acum[:, None] - acum[None, :], -float("inf"))
-            scores = cb * exp2_decay(decay, FAST_EXP) * dt[None, :]
+            scores = cb * exp2_decay(decay, ASM) * dt[None, :]
             y = tl.dot(scores.to(x.dtype), x, acc=y, input_precision=PRECISION)
         else:
             a_total += a_end
         # leaving state: decay h, add each step's dt B x^T decayed to the chunk end
-        w = exp2_decay(a_end - acum, FAST_EXP) * dt  # (T,)
+        w = exp2_decay(a_end - acum, ASM) * dt  # (T,)
         Bw = (Bt.to(tl.float32) * w[None, :]).to(x.dtype)  # (N, T)
-        h = tl.dot(Bw, x, acc=h * exp2_decay(a_end, FAST_EXP), input_precision=PRECISION)
+        chunk_decay = exp2_decay(a_end, ASM)
+        h = tl.dot(Bw, x, acc=h * chunk_decay, input_precision=PRECISION)
         if BLOCK_N2 > 0:  # the state's rows are independent: each tile is updated on its own
             Bw2 = (Bt2.to(tl.float32) * w[None, :]).to(x.dtype)
-            h2 = tl.dot(Bw2, x, acc=h2 * exp2_decay(a_end, FAST_EXP), input_precision=PRECISION)
+            h2 = tl.dot(Bw2, x, acc=h2 * chunk_decay, input_precision=PRECISION)
 
         if not STATES_ONLY:
             if HAS_D:
@@ -275,7 +278,7 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
             STORE_FINAL=h_out is not None, STATES_ONLY=states_only, SPLIT=grid[2] > 1,
             BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_N2=block_n2,
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-            FAST_EXP=not interpreting(), FAST_ACT=not interpreting() and x.element_size() < 4,
+            ASM=not interpreting(), FAST_ACT=not interpreting() and x.element_size() < 4,
             num_warps=num_warps, num_stages=num_stages,
         )
 
