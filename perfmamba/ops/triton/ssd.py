@@ -233,7 +233,8 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
     x, z: (Bsz, L, H, P); dt: (Bsz, L, H); A: (H,); B, C: (Bsz, L, G, N); D: (H,) or (H, P);
     dt_bias: (H,); initial_states: (Bsz, H, P, N).  Returns y (Bsz, L, H, P) in x's dtype and, with
     return_final_states, the final state (Bsz, H, P, N) in fp32.  ``out`` may receive y (tests pre-fill
-    it with NaN); ``config`` = (BLOCK_T, BLOCK_P, num_warps, num_stages) overrides the choice for tuning;
+    it with NaN); ``config`` = (BLOCK_T, BLOCK_P, num_warps, num_stages[, maxnreg]) overrides the choice
+    for tuning;
     ``splits`` the number of sequence segments run in parallel (default: enough to fill the GPU).
     """
     from perfmamba.ops.triton import split as split_l
@@ -264,7 +265,7 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
     zz = z if z is not None else x
 
     def kernel(cfg, grid, seg, h_in, h_out, a_sums, states_only):
-        block_t, block_p, num_warps, num_stages = cfg
+        block_t, block_p, num_warps, num_stages, maxnreg = tuple(cfg) + (None,) * (5 - len(cfg))
         _ssd_fused_kernel[grid](
             x, dt, A, B, C, D if D is not None else x, zz, dt_bias if dt_bias is not None else x,
             h_in if h_in is not None else x, y, h_out if h_out is not None else x,
@@ -279,7 +280,7 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
             BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_N2=block_n2,
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             ASM=not interpreting(), FAST_ACT=not interpreting() and x.element_size() < 4,
-            num_warps=num_warps, num_stages=num_stages,
+            num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg} if maxnreg else {}),
         )
 
     def launch(cfg):
