@@ -215,21 +215,17 @@ def sweep_tiles(selective_scan_triton):
     """Times the Mamba-1 tile kernel over a grid of configurations on the benchmark shape (N = 16 and 8),
     then the six fastest at N = 16 on the batch-1 shapes of a whole layer (L = 4096) and of a long prefill
     (L = 16384)."""
-    print("sweep: mamba1 scan (BLOCK_L, BLOCK_D, N_IN, num_warps, num_stages[, BC_ONCE, BC_CACHE, maxnreg])")
+    print("sweep: mamba1 scan (BLOCK_L, BLOCK_D, N_IN, num_warps, num_stages)")
     # Triton puts lanes on L first (BLOCK_L / 8 of them for bf16), then on the N_IN states of a channel;
     # the channels of BLOCK_D go to the warps and, past those, inside each thread.  One-warp programs with
-    # three stages in flight measured fastest on an H200 (2026-12-01) in a wider grid.  The optional
-    # entries: B and C loaded once per (step, state) instead of once per channel (BC_ONCE), their cache
-    # policy (".ca": through L1) and a register cap (more resident warps).
-    grids = {16: [(64, 2, 8, 1, 3), (64, 2, 8, 1, 3, True), (64, 2, 8, 1, 3, True, "", 168),
-                  (64, 2, 8, 1, 3, True, "", 152), (64, 2, 8, 1, 3, True, ".ca", 168), (64, 2, 8, 1, 2, True, "", 168),
-                  (64, 2, 8, 1, 3, False, ".ca"), (64, 2, 8, 1, 3, False, "", 128), (32, 4, 8, 1, 3, True),
-                  (32, 4, 8, 1, 3, True, "", 168), (32, 4, 8, 1, 2, True), (32, 4, 8, 1, 3, True, ".ca"),
-                  (128, 1, 8, 1, 3), (128, 1, 8, 1, 3, False, "", 168), (128, 1, 8, 1, 3, False, ".ca", 168),
-                  (64, 4, 8, 2, 3, True), (64, 1, 8, 1, 3), (64, 1, 8, 1, 3, False, ".ca")],
-             8: [(128, 2, 8, 1, 3), (128, 2, 8, 1, 3, True), (128, 2, 8, 1, 3, True, "", 128),
-                 (128, 2, 8, 1, 3, True, ".ca", 128), (64, 4, 8, 1, 3, True), (64, 4, 8, 1, 3, True, "", 168),
-                 (128, 1, 8, 1, 3), (128, 1, 8, 1, 3, False, ".ca"), (128, 4, 8, 2, 3, True), (64, 2, 8, 1, 3, True)]}
+    # three or four stages in flight measured fastest on an H200 (2026-12-01) in a wider grid.
+    grids = {16: [(64, 2, 8, 1, 3), (64, 2, 8, 1, 4), (128, 2, 8, 1, 3), (128, 1, 8, 1, 3), (64, 1, 8, 1, 3),
+                  (64, 1, 8, 1, 4), (32, 2, 8, 1, 4), (32, 4, 8, 1, 3), (32, 4, 2, 1, 3), (32, 4, 2, 1, 4),
+                  (64, 2, 2, 1, 3), (16, 16, 1, 1, 3), (16, 8, 1, 1, 3), (32, 4, 4, 1, 3), (16, 8, 2, 1, 3),
+                  (32, 2, 4, 1, 3), (64, 4, 8, 2, 3), (64, 4, 8, 2, 4), (32, 8, 2, 2, 3), (64, 2, 4, 1, 3)],
+             8: [(128, 2, 8, 1, 3), (128, 2, 8, 1, 4), (128, 1, 8, 1, 3), (128, 4, 8, 2, 3), (64, 4, 4, 1, 3),
+                 (64, 2, 4, 1, 3), (32, 4, 2, 1, 3), (64, 2, 2, 1, 3), (32, 8, 1, 1, 3), (64, 4, 8, 1, 3),
+                 (64, 2, 8, 1, 3), (128, 2, 4, 1, 3)]}
     best16 = []
     shapes = [(16, SCAN_SHAPE), (8, SCAN_SHAPE), (16, dict(bsz=1, seqlen=4096, dim=1536)),
               (16, dict(bsz=1, seqlen=16384, dim=1536))]
@@ -245,17 +241,15 @@ def sweep_tiles(selective_scan_triton):
 
 
 def sweep_ssd(ssd_triton):
-    print("sweep: mamba2 ssd (BLOCK_T, BLOCK_P, num_warps, num_stages[, maxnreg])")
-    # At B=8, H=24 the grid has 192 programs for 132 SMs: half-width P blocks (two or four warps) double
-    # it, at the cost of computing each head's C B^T twice
-    for n_state in (128, 96, 64, 32):
+    print("sweep: mamba2 ssd (BLOCK_T, BLOCK_P, num_warps, num_stages[, minimum state tile])")
+    for n_state in (128, 96, 64, 32, 16):
         args, kw = ssd_inputs(n_state)
         ref = ssd(*args, **kw, backend="ref")
-        times = time_configs(f"N={n_state}", lambda cfg: ssd_triton(*args, **kw, config=cfg), ref,
-                             [(32, 64, 4, 2), (32, 64, 4, 3), (64, 64, 4, 3), (16, 64, 4, 3), (32, 32, 4, 2),
-                              (32, 32, 4, 3), (32, 32, 2, 2), (32, 32, 2, 3), (32, 64, 2, 3), (64, 32, 4, 3),
-                              (32, 32, 4, 3, 128), (32, 64, 4, 3, 168)])
-        print(f"  best N={n_state}:", sorted(times)[:4])
+        cfgs = [(32, 64, 4, 2), (32, 64, 4, 3), (64, 64, 4, 3), (64, 64, 4, 2), (16, 64, 4, 3)]
+        if n_state <= 32:  # the state padded to Hopper's 64-row wgmma tile
+            cfgs += [(32, 64, 4, 3, 64), (32, 64, 4, 2, 64), (64, 64, 4, 3, 64)]
+        times = time_configs(f"N={n_state}", lambda cfg: ssd_triton(*args, **kw, config=cfg), ref, cfgs)
+        print(f"  best N={n_state}:", sorted(times)[:3])
 
 
 def time_configs(label, run, ref, cfgs, rep=200):

@@ -184,8 +184,6 @@ def _selective_scan_kernel(
     STORE_STATE: tl.constexpr, HAS_INIT: tl.constexpr, STATES_ONLY: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, N_IN: tl.constexpr,
     NUM_STAGES: tl.constexpr,
-    BC_ONCE: tl.constexpr,  # B, C loaded once per (step, state) and broadcast over BLOCK_D in registers
-    BC_CACHE: tl.constexpr,  # cache modifier of the B, C loads ("" or ".ca": keep them in L1)
     ASM: tl.constexpr,  # inline PTX allowed: compiled for a GPU, not run by the interpreter
     FAST_ACT: tl.constexpr,  # approximate softplus / SiLU (16-bit inputs only)
 ):
@@ -258,12 +256,7 @@ def _selective_scan_kernel(
         # the BLOCK_D broadcast inside threads.
         shape4: tl.constexpr = (BLOCK_L, N_OUT, BLOCK_D, N_IN)
         m4 = tl.broadcast_to(ln_mask, shape4)
-        if BC_ONCE:
-            Bt = tl.broadcast_to(to_f32(tl.load(B_base[None] + l4 * s_bl, mask=ln_mask, other=0.0,
-                                                cache_modifier=BC_CACHE), ASM), shape4)
-        else:
-            Bt = to_f32(tl.load(tl.broadcast_to(B_base[None] + l4 * s_bl, shape4), mask=m4, other=0.0,
-                                cache_modifier=BC_CACHE), ASM)
+        Bt = to_f32(tl.load(tl.broadcast_to(B_base[None] + l4 * s_bl, shape4), mask=m4, other=0.0), ASM)
         if HAS_DT_BIAS:
             dt = dt + dt_bias[None, :]
         if SOFTPLUS:
@@ -291,12 +284,8 @@ def _selective_scan_kernel(
         if STATES_ONLY:
             dt_sum += tl.sum(dt, axis=0)
         else:
-            if BC_ONCE:
-                Ct = tl.broadcast_to(to_f32(tl.load(C_base[None] + l4 * s_cl, mask=ln_mask, other=0.0,
-                                                    cache_modifier=BC_CACHE), ASM), shape4)
-            else:
-                Ct = to_f32(tl.load(tl.broadcast_to(C_base[None] + l4 * s_cl, shape4), mask=m4, other=0.0,
-                                    cache_modifier=BC_CACHE), ASM)
+            Ct = to_f32(tl.load(tl.broadcast_to(C_base[None] + l4 * s_cl, shape4), mask=m4, other=0.0),
+                        ASM)
             yt = tl.sum(tl.sum(hs * Ct, axis=1), axis=2)  # (BLOCK_L, BLOCK_D)
             if HAS_D:
                 yt += u * d_skip[None, :]
@@ -309,13 +298,6 @@ def _selective_scan_kernel(
         tl.store(hlast_ptr + b * s_hb + seg * s_hs + chan3 * s_hd + n3 * s_hn, h, mask=st_mask)
     if STATES_ONLY:
         tl.store(dts_ptr + b * s_sb + seg * s_ss + chan * s_sd, dt_sum, mask=d_mask)
-
-
-def full_scan_config(cfg) -> tuple:
-    """(BLOCK_L, BLOCK_D, N_IN, num_warps, num_stages, BC_ONCE, BC_CACHE, maxnreg) from a configuration
-    of five to eight entries: the last three default to broadcast B/C loads, the default cache policy
-    and no register cap."""
-    return tuple(cfg) + (False, "", None)[len(cfg) - 5:]
 
 
 def _scan_configs(n_state: int, seqlen: int, channels_per_group: int):
@@ -440,15 +422,14 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     block_n = max(2, next_pow2(n_state))
 
     def kernel(cfg, grid, seg, h_in, h_out, dt_sums, states_only):
-        block_l, block_d, n_in, num_warps, num_stages, bc_once, bc_cache, maxnreg = full_scan_config(cfg)
+        block_l, block_d, n_in, num_warps, num_stages = cfg
         _selective_scan_kernel[grid](
             *scan_launch_args(u, delta, A, Bg, Cg, D, z, delta_bias, y, h_in, h_out, dt_sums, seg // block_l,
                               Bg.stride(), Cg.stride()),
             **scan_launch_flags(n_state, D, z, delta_bias, delta_softplus, h_in, h_out, states_only, grid),
             BLOCK_L=block_l, BLOCK_N=block_n, BLOCK_D=block_d, N_IN=n_in, NUM_STAGES=num_stages,
-            BC_ONCE=bool(bc_once), BC_CACHE=bc_cache,
             ASM=not interpreting(), FAST_ACT=not interpreting() and u.element_size() < 4,
-            num_warps=num_warps, **({"maxnreg": maxnreg} if maxnreg else {}),
+            num_warps=num_warps,
         )
 
     def launch(cfg):
