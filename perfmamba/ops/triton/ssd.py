@@ -209,7 +209,7 @@ def state_tiles(n_state: int) -> tuple[int, int]:
 
 
 def _ssd_configs(headdim: int, n_state: int, chunk_size: int):
-    """Candidate (BLOCK_T, BLOCK_P, num_warps, num_stages[, minimum state tile]), the default first.
+    """Candidate (BLOCK_T, BLOCK_P, num_warps, num_stages), the default first.
 
     A short BLOCK_T keeps the quadratic in-chunk work (T^2 (N + P) per chunk) small next to the state
     products (T N P); the fp32 state tile N x BLOCK_P in registers bounds BLOCK_P.
@@ -223,13 +223,6 @@ def _ssd_configs(headdim: int, n_state: int, chunk_size: int):
              (min(16, t_max), block_p, 4, 2), (t32, block_p, 8, 2)]
     if block_p >= 32:  # twice the programs (each head's C B^T is then computed twice)
         cands.append((t32, block_p // 2, 4, 2))
-    if max(16, next_pow2(n_state)) < 64:
-        # Hopper's warpgroup MMA (wgmma) takes 64-row operands: with fewer states the state update
-        # (N x T) @ (T x P) compiles to mma.sync plus register shuffles between the layouts of its dots
-        # (sm_90 SASS at N=32: no HGMMA, 51 byte permutes and 20 shuffles per chunk, against 19 and 0 at
-        # N=64).  The state padded to one 64-row tile (rows past N masked: neither loaded nor stored) runs
-        # N=64's code on fewer bytes.
-        cands += [(t32, block_p, 4, 3, 64), (t32, block_p, 4, 2, 64)]
     return list(dict.fromkeys(cands))
 
 
@@ -240,8 +233,7 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
     x, z: (Bsz, L, H, P); dt: (Bsz, L, H); A: (H,); B, C: (Bsz, L, G, N); D: (H,) or (H, P);
     dt_bias: (H,); initial_states: (Bsz, H, P, N).  Returns y (Bsz, L, H, P) in x's dtype and, with
     return_final_states, the final state (Bsz, H, P, N) in fp32.  ``out`` may receive y (tests pre-fill
-    it with NaN); ``config`` = (BLOCK_T, BLOCK_P, num_warps, num_stages[, minimum state tile]) overrides
-    the choice for tuning;
+    it with NaN); ``config`` = (BLOCK_T, BLOCK_P, num_warps, num_stages) overrides the choice for tuning;
     ``splits`` the number of sequence segments run in parallel (default: enough to fill the GPU).
     """
     from perfmamba.ops.triton import split as split_l
@@ -262,8 +254,7 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
         if final is not None:
             final.copy_(initial_states) if initial_states is not None else final.zero_()
         return (y, final) if return_final_states else y
-    tiles = state_tiles(n_state)
-    block_n1 = max(16, next_pow2(n_state))  # the one-tile size
+    block_n, block_n2 = state_tiles(n_state)
     dt_min, dt_max = float(dt_limit[0]), float(dt_limit[1])
     clamp = (dt_min, dt_max) != (0.0, math.inf)
     if D is not None:
@@ -273,9 +264,7 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
     zz = z if z is not None else x
 
     def kernel(cfg, grid, seg, h_in, h_out, a_sums, states_only):
-        block_t, block_p, num_warps, num_stages = cfg[:4]
-        # a fifth entry pads the state to one tile of at least that many rows (see _ssd_configs)
-        block_n, block_n2 = (max(cfg[4], block_n1), 0) if len(cfg) > 4 else tiles
+        block_t, block_p, num_warps, num_stages = cfg
         _ssd_fused_kernel[grid](
             x, dt, A, B, C, D if D is not None else x, zz, dt_bias if dt_bias is not None else x,
             h_in if h_in is not None else x, y, h_out if h_out is not None else x,
@@ -303,7 +292,7 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
 
     if config is None:
         # the tile split is part of the shape class: 96 (64 + 32) and 128 (one tile) are different kernels
-        key = ("ssd", *tiles, next_pow2(headdim), next_pow2(seqlen), bsz * nheads, x.dtype,
+        key = ("ssd", block_n, block_n2, next_pow2(headdim), next_pow2(seqlen), bsz * nheads, x.dtype,
                z is not None, splits)
         config = pick_config(key, _ssd_configs(headdim, n_state, int(chunk_size)), launch)
     launch(config)
