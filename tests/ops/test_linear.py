@@ -52,7 +52,7 @@ def test_ref_backend_is_f_linear_and_shapes_are_checked():
 class TestFewRowsLinearOnGPU:
     @pytest.mark.parametrize("rows", [1, 5, 16])
     @pytest.mark.parametrize("k_in,n_out,bias", [(768, 3072, False), (1536, 80, False), (1536, 768, True)])
-    def test_every_candidate(self, rows, k_in, n_out, bias):
+    def test_candidates_and_dispatch(self, rows, k_in, n_out, bias):
         from perfmamba.ops.triton.linear import _configs, few_rows_linear_triton
         x, w, b = case(rows, k_in, n_out, bias, dtype=torch.bfloat16, device="cuda", seed=rows)
         ref = torch.nn.functional.linear(x.float(), w.float(), b.float() if b is not None else None)
