@@ -29,7 +29,6 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from perfmamba.fileio import write_json_atomic, write_text_atomic  # noqa: E402
-from perfmamba import ops  # noqa: E402
 from perfmamba.ops import selective_scan, ssd  # noqa: E402
 from perfmamba.report.environment import device_tag  # noqa: E402
 
@@ -43,22 +42,6 @@ SSD_SHAPE_B1 = dict(bsz=1, seqlen=16384, nheads=24, headdim=64, ngroups=1, chunk
 def bench(fn, warmup=25, rep=200):
     import triton.testing
     return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
-
-
-def bench_in_graph(fn, calls=50):
-    """ms per call of ``fn`` replayed from a CUDA graph of ``calls`` calls: the device time of a few-microsecond
-    kernel as a decode step's graph runs it, without the host's launch cost."""
-    fn()  # compile and tune outside the capture
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    return bench(graph.replay) / calls
 
 
 def rel_err(a, b):
@@ -166,7 +149,6 @@ def run_main(records, copy_bw):
         records.append(rec)
     run_batch1(records)
     run_channels_last(records)
-    run_decode_linear(records)
     for rec in records:
         rec["GB_per_s"] = rec["bytes"] / (rec["ours_ms"] * 1e-3) / 1e9
         rec["fraction_of_copy_bw"] = rec["bytes"] / (rec["ours_ms"] * 1e-3) / copy_bw
@@ -218,25 +200,6 @@ def run_channels_last(records):
                                 shape=f"B={b} L={L} D={d} N={n_state} bf16, channel stride 1", ours_ms=ours,
                                 reference_ms=tile, reference="ours, tile kernel on channels-first copies",
                                 rel_err_vs_reference=err, bytes=scan_bytes(args, kw)))
-
-
-def run_decode_linear(records):
-    """The projections of a decode step (mamba-130m's in_proj, x_proj, out_proj and mamba2-130m's in_proj) at
-    1 and 16 rows: ops.linear's Triton kernel against F.linear (cuBLAS), bytes = the weights once; both timed
-    inside a CUDA graph, as decode runs them."""
-    for name, k_in, n_out in (("in_proj", 768, 3072), ("x_proj", 1536, 80), ("out_proj", 1536, 768),
-                              ("mamba2 in_proj", 768, 3352)):
-        for rows in (1, 16):
-            g = torch.Generator(device="cuda").manual_seed(rows)
-            x = torch.randn(rows, k_in, device="cuda", generator=g).to(torch.bfloat16)
-            w = (torch.randn(n_out, k_in, device="cuda", generator=g) / k_in ** 0.5).to(torch.bfloat16)
-            ref_out = torch.nn.functional.linear(x, w)
-            err = rel_err(ops.linear(x, w), ref_out)
-            records.append(dict(workload=f"decode {name} rows={rows}", shape=f"({rows}, {k_in}) x ({n_out}, {k_in})^T bf16",
-                                ours_ms=bench_in_graph(lambda: ops.linear(x, w)),
-                                reference_ms=bench_in_graph(lambda: torch.nn.functional.linear(x, w)),
-                                reference="torch F.linear (cuBLAS)", rel_err_vs_reference=err,
-                                bytes=w.numel() * w.element_size()))
 
 
 def run_sweep(parts):

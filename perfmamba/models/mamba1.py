@@ -76,13 +76,11 @@ class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
 
     def step(self, hidden: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
         """One token.  hidden: (Bsz, d_model) -> (Bsz, d_model); the layer's cache entries advance in place."""
-        # the projections of a step are matrix-vector products: ops.linear streams their weights
-        x, z = ops.linear(hidden, self.in_proj.weight, self.in_proj.bias, backend=self.backend).chunk(2, dim=-1)
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (Bsz, D) each
         x = ops.causal_conv1d_update(x, cache.conv_states[self.layer_idx], self._conv_weight(), self.conv1d.bias,
                                      activation="silu", backend=self.backend)
-        # dt: (Bsz, R), projected inside the state update
-        dt, B, C = self._split_xproj(ops.linear(x, self.x_proj.weight, self.x_proj.bias, backend=self.backend))
+        dt, B, C = self._split_xproj(self.x_proj(x))  # dt: (Bsz, R), projected inside the state update
         y = ops.selective_state_update(cache.ssm_states[self.layer_idx], x, dt, self.neg_exp_A(), B, C, D=self.D,
                                        z=z, dt_bias=self.dt_proj.bias, dt_softplus=True,
                                        dt_proj_weight=self.dt_proj.weight, backend=self.backend)
-        return ops.linear(y, self.out_proj.weight, self.out_proj.bias, backend=self.backend)
+        return self.out_proj(y)

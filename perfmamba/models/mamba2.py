@@ -60,9 +60,7 @@ class Mamba2Mixer(KeepSsmParamsFp32, nn.Module):
         if cache is not None and cache.seqlen_offset > 0:
             return torch.stack([self.step(hidden[:, t], cache) for t in range(hidden.shape[1])], dim=1)
         bsz, seqlen, _ = hidden.shape
-        # the projections of a step are matrix-vector products: ops.linear streams their weights
-        z, xbc, dt = self._split_in_proj(ops.linear(hidden, self.in_proj.weight, self.in_proj.bias,
-                                                    backend=self.backend))  # (Bsz, L, d_inner | conv_dim | H)
+        z, xbc, dt = self._split_in_proj(self.in_proj(hidden))  # (Bsz, L, d_inner | conv_dim | H)
         xbc, conv_state = ops.causal_conv1d(xbc.transpose(1, 2), self._conv_weight(), self.conv1d.bias,
                                             activation="silu", return_final_state=True, backend=self.backend)
         x, B, C = self._split_xbc(xbc.transpose(1, 2))  # (Bsz, L, d_inner), (Bsz, L, G*N) x2
@@ -80,9 +78,7 @@ class Mamba2Mixer(KeepSsmParamsFp32, nn.Module):
     def step(self, hidden: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
         """One token.  hidden: (Bsz, d_model) -> (Bsz, d_model); the layer's cache entries advance in place."""
         bsz = hidden.shape[0]
-        # the projections of a step are matrix-vector products: ops.linear streams their weights
-        z, xbc, dt = self._split_in_proj(ops.linear(hidden, self.in_proj.weight, self.in_proj.bias,
-                                                    backend=self.backend))
+        z, xbc, dt = self._split_in_proj(self.in_proj(hidden))
         xbc = ops.causal_conv1d_update(xbc, cache.conv_states[self.layer_idx], self._conv_weight(),
                                        self.conv1d.bias, activation="silu", backend=self.backend)
         x, B, C = self._split_xbc(xbc)
@@ -91,5 +87,4 @@ class Mamba2Mixer(KeepSsmParamsFp32, nn.Module):
             B.reshape(bsz, self.ngroups, self.d_state), C.reshape(bsz, self.ngroups, self.d_state),
             D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.config.dt_limit,
             backend=self.backend)  # (Bsz, H, P)
-        return ops.linear(self.norm(y.reshape(bsz, self.d_inner), z), self.out_proj.weight, self.out_proj.bias,
-                          backend=self.backend)
+        return self.out_proj(self.norm(y.reshape(bsz, self.d_inner), z))

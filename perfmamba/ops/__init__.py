@@ -26,7 +26,7 @@ from perfmamba.ops.scan_ref import selective_scan_ref, selective_state_update_re
 BACKENDS = ("auto", "ref", "loop", "triton")
 
 __all__ = ["BACKENDS", "selective_scan", "ssd", "causal_conv1d", "causal_conv1d_update", "selective_state_update",
-           "rms_norm", "add_rms_norm", "linear", "resolve_backend", "triton_available"]
+           "rms_norm", "add_rms_norm", "resolve_backend", "triton_available"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -147,17 +147,6 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         return _triton_module().selective_state_update_triton(state, x, dt, A, B, C, dt_proj_weight=dt_proj_weight,
                                                               **kwargs)
     return selective_state_update_ref(state, x, dt, A, B, C, **kwargs)
-
-
-def linear(x, weight, bias=None, backend="auto"):
-    """F.linear(x, weight, bias).  x: (..., K); weight: (N, K); bias: (N,).  With the Triton backend and at
-    most 16 rows (a decode step's projections), one Triton kernel that streams the weights; otherwise,
-    and on "ref" / "loop", torch's own (cuBLAS on a GPU)."""
-    if weight.dim() != 2 or x.shape[-1] != weight.shape[1] or (bias is not None and bias.shape != weight.shape[:1]):
-        raise _shape_error("linear", "x (..., K), weight (N, K), bias (N,)", dict(x=x, weight=weight, bias=bias))
-    if resolve_backend(backend, x.device) == "triton" and _triton_module().few_rows_linear_applies(x, weight):
-        return _triton_module().few_rows_linear_triton(x, weight, bias)
-    return torch.nn.functional.linear(x, weight, bias)
 
 
 def rms_norm(x, weight, eps, z=None, group_size=None, backend="auto"):
