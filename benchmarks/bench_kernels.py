@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from perfmamba.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 from perfmamba.ops import selective_scan, ssd  # noqa: E402
-from perfmamba.report.environment import device_tag  # noqa: E402
+from perfmamba.report.environment import device_tag, git_revision  # noqa: E402
 
 SCAN_SHAPE = dict(bsz=8, seqlen=2048, dim=1536)
 SSD_SHAPE = dict(bsz=8, seqlen=4096, nheads=24, headdim=64, ngroups=1, chunk=256)
@@ -292,7 +292,8 @@ def write_outputs(records, meta, out_dir, tag):
     os.makedirs(out_dir, exist_ok=True)
     write_json_atomic(os.path.join(out_dir, f"kernels-{tag}.json"), [dict(rec, **meta) for rec in records])
     lines = [f"# Kernel benchmarks: {meta['device']}", "",
-             f"torch {meta['torch']}, triton {meta['triton']}, CUDA {meta['cuda']}, {meta['date']}.  "
+             f"torch {meta['torch']}, triton {meta['triton']}, CUDA {meta['cuda']}, {meta['date']}, "
+             f"git {meta['git_revision']}.  "
              f"Median of many runs (triton.testing.do_bench); our kernels are timed as device time, ten calls "
              f"replayed from one CUDA graph (the JSON's ours_eager_call_ms is a plain call from Python, host "
              f"overhead included); device copy bandwidth measured in the same run: "
@@ -351,7 +352,8 @@ def main():
     run_main(records, copy_bw)
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                 cuda=torch.version.cuda, date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
-                copy_GB_per_s=copy_bw / 1e9, mamba_ssm_available=mamba_ssm_fns() is not None)
+                copy_GB_per_s=copy_bw / 1e9, mamba_ssm_available=mamba_ssm_fns() is not None,
+                git_revision=git_revision())
     from perfmamba.ops.triton.selective_scan import _TUNED
     meta["tuned_configs"] = {str(k): list(v) for k, v in _TUNED.items()}
     lines = write_outputs(records, meta, args.out_dir, args.tag or device_tag(meta["device"]))
