@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import itertools
 import os
 import sys
 
@@ -29,6 +28,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from perfmamba.fileio import write_json_atomic, write_text_atomic  # noqa: E402
+from perfmamba.models.cuda_graph import _warm_up  # noqa: E402
 from perfmamba.ops import selective_scan, ssd  # noqa: E402
 from perfmamba.report.environment import device_tag, git_revision  # noqa: E402
 
@@ -50,12 +50,7 @@ def bench_device(fn, calls=10):
     (the Python launcher and Triton's argument handling, about 0.15-0.2 ms here) times the host: on an H200
     (2026-12-01) the Mamba-1 scan at N=8 read 0.19-0.20 ms through ``perfmamba.ops`` and 0.146 ms through
     the launcher alone, for the same kernel.  The issue's reference times are kernel times, hence this."""
-    fn()  # compiles and tunes outside the capture
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
+    _warm_up(fn, torch.device("cuda"))  # compiles and tunes outside the capture, as capture requires
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         for _ in range(calls):

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from perfmamba.ops.triton import split as split_l
-from perfmamba.ops.triton.selective_scan import (exp2_decay, interpreting, next_pow2, pick_config,
+from perfmamba.ops.triton.selective_scan import (asm_flags, exp2_decay, interpreting, next_pow2, pick_config,
                                                  scan_launch_args, scan_launch_flags, scan_outputs,
                                                  segment_decay_coef, silu_act, softplus_act)
 
@@ -211,7 +211,6 @@ def selective_scan_steps(u, delta, A, Bg, Cg, D, z, delta_bias, delta_softplus, 
     y, hlast = scan_outputs(u, n_state, out, return_last_state, channels_last=True)
     if seqlen == 0:
         return (y, hlast) if return_last_state else y
-    interpret = interpreting()
     # a group stride of 0 when there is one group: Triton then knows the B/C row is 16-byte aligned
     bstr = (Bg.stride(0), Bg.stride(1) if groups > 1 else 0, Bg.stride(2), Bg.stride(3))
     cstr = (Cg.stride(0), Cg.stride(1) if groups > 1 else 0, Cg.stride(2), Cg.stride(3))
@@ -221,8 +220,7 @@ def selective_scan_steps(u, delta, A, Bg, Cg, D, z, delta_bias, delta_softplus, 
         _scan_steps_kernel[grid](
             *scan_launch_args(u, delta, A, Bg, Cg, D, z, delta_bias, y, h_in, h_out, dt_sums, seg, bstr, cstr),
             **scan_launch_flags(n_state, D, z, delta_bias, delta_softplus, h_in, h_out, states_only, grid),
-            BLOCK_D=block_d, N_IN=n_in, VEC=vec, STEPS=steps, ASM=not interpret,
-            FAST_ACT=not interpret and u.element_size() < 4,
+            BLOCK_D=block_d, N_IN=n_in, VEC=vec, STEPS=steps, **asm_flags(u),
             num_warps=num_warps,
         )
 

@@ -42,6 +42,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def asm_flags(t: torch.Tensor) -> dict:
+    """The ASM / FAST_ACT flags of the scan kernels for inputs like ``t``: inline PTX only when compiled for
+    a GPU (the interpreter cannot run it), approximate activations only for 16-bit inputs as well."""
+    asm = not interpreting()
+    return dict(ASM=asm, FAST_ACT=asm and t.element_size() < 4)
+
+
 def next_pow2(n: int) -> int:
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
 
@@ -428,8 +435,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
                               Bg.stride(), Cg.stride()),
             **scan_launch_flags(n_state, D, z, delta_bias, delta_softplus, h_in, h_out, states_only, grid),
             BLOCK_L=block_l, BLOCK_N=block_n, BLOCK_D=block_d, N_IN=n_in, NUM_STAGES=num_stages,
-            ASM=not interpreting(), FAST_ACT=not interpreting() and u.element_size() < 4,
-            num_warps=num_warps,
+            **asm_flags(u), num_warps=num_warps,
         )
 
     def launch(cfg):

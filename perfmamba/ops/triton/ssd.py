@@ -36,8 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
-from perfmamba.ops.triton.selective_scan import (exp2_decay, interpreting, next_pow2, pick_config, silu_act,
-                                                 softplus_act)
+from perfmamba.ops.triton.selective_scan import (asm_flags, exp2_decay, interpreting, next_pow2, pick_config,
+                                                 silu_act, softplus_act)
 
 
 @triton.jit
@@ -278,7 +278,7 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
             STORE_FINAL=h_out is not None, STATES_ONLY=states_only, SPLIT=grid[2] > 1,
             BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_N2=block_n2,
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-            ASM=not interpreting(), FAST_ACT=not interpreting() and x.element_size() < 4,
+            **asm_flags(x),
             num_warps=num_warps, num_stages=num_stages,
         )
 
