@@ -350,7 +350,7 @@ class TestKernelsOnGPU:
             check_scan(c, tol, out=poisoned_like(c["u"]))
             check_scan(c, tol, out=poisoned_like(c["u"]), splits=5)  # split-L
 
-    @pytest.mark.parametrize("n", [8, 16, 97])
+    @pytest.mark.parametrize("n", [4, 8, 16, 97])
     def test_every_scan_candidate(self, n):
         # the autotuner may pick any candidate of either kernel: each one, whole and split-L, bf16
         from perfmamba.ops.triton.scan_steps import selective_scan_steps, steps_configs

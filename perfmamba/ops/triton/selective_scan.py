@@ -324,15 +324,24 @@ def _scan_configs(n_state: int, seqlen: int, channels_per_group: int):
         # one step per tile and wide channel blocks are fastest there
         return [(1, min(64, max(2, next_pow2(channels_per_group))), 1, 1, 1)]
     cands = []
-    # Measured on an H200 (bf16, B=8 L=2048 D=1536, 2026-12-01; docs/kernel_notes.md): one-warp programs
-    # of 64-128 steps with three tiles in flight, N=16 0.321 ms at (64, 2, 8, 1, 3) and N=8 0.145 ms at
-    # (128, 2, 8, 1, 3); at batch 1, L=16384, (128, 1, 8, 1, 3) took 0.329 ms against 0.459 ms.  Then the
-    # earlier candidates (an H100 sweep of 102 configurations, docs/benchmarks/tuning-h100/), which keep
-    # fewer states per thread and so remain valid for large N.
+    # Measured on an H200 (bf16, B=8 L=2048 D=1536, device time, 2026-12-01, docs/kernel_notes.md):
+    # N_IN = BLOCK_N, all of a channel's states on one axis (4 lanes, the rest inside the thread, no
+    # N_OUT), compiles to 24% fewer instructions per state element than N_IN = 8 at N = 16 (sm_90, 14.3
+    # against 18.7, counted offline with triton 3.6; Nsight Compute showed the old tile issue-bound) and
+    # ran 0.283 ms at (64, 4, 16, 1, 3) against 0.316 ms at (64, 2, 8, 1, 3); N=8 0.143 ms at
+    # (128, 2, 8, 1, 3); batch 1, L=16384: (128, 1, 16, 1, 3) 0.303 ms.  Then the earlier candidates
+    # (N_IN = 8, and an H100 sweep of 102 configurations, docs/benchmarks/tuning-h100/), which keep fewer
+    # states per thread and so remain valid for large N.
     n8 = min(8, block_n)
-    for block_l, n_in, nw, stages, block_d in ((64, n8, 1, 3, 2), (128, n8, 1, 3, 1), (128, n8, 1, 3, 2),
-                                               (64, n8, 1, 3, 1), (64, n8, 2, 3, 4), (32, n8, 1, 3, 4),
-                                               (32, block_n // 2, 2, 2, None), (16, block_n // 2, 4, 1, None)):
+    if block_n <= 8:  # N_IN = 8 is then already all of the states
+        first = ((128, n8, 1, 3, 2),)
+    elif block_n == 16:
+        first = ((64, 16, 1, 3, 4), (64, 16, 1, 3, 2), (128, 16, 1, 3, 1))
+    else:  # not measured with N_IN = BLOCK_N: more states per thread than these tiles hold in registers
+        first = ()
+    for block_l, n_in, nw, stages, block_d in first + (
+            (64, n8, 1, 3, 2), (128, n8, 1, 3, 1), (128, n8, 1, 3, 2), (64, n8, 1, 3, 1), (64, n8, 2, 3, 4), (32, n8, 1, 3, 4),
+            (32, block_n // 2, 2, 2, None), (16, block_n // 2, 4, 1, None)):
         n_in = min(32, max(1, n_in))
         if (block_n // n_in) * block_l > 256:  # registers: BLOCK_L * N_OUT values per thread and tensor
             continue

@@ -237,34 +237,21 @@ def state_tiles(n_state: int) -> tuple[int, int]:
     return (first, second) if first + second < one else (one, 0)
 
 
-def transposed_state(n_state: int) -> bool:
-    """Whether the state is kept as (P, N) (``STATE_T``) by default: when a state tile has fewer than 64
-    rows.  Hopper's warpgroup MMA needs 64 rows; as (N, P) @ ... a 32- or 16-state tile compiles to
-    mma.sync plus byte permutes and shuffles that move data between the dots' layouts, as (P, T) @ (T, N)
-    it has BLOCK_P = 64 rows whatever N is (sm_90, offline: N=32 520 -> 416 loop instructions, 183 -> 128
-    registers; N=96 = 64 + 32 702 -> 614).  With one tile of 64 or more both forms compile alike."""
-    block_n, block_n2 = state_tiles(n_state)
-    return block_n < 64 or block_n2 > 0
-
-
 def _ssd_configs(headdim: int, n_state: int, chunk_size: int):
-    """Candidate (BLOCK_T, BLOCK_P, num_warps, num_stages, STATE_T), the default first.
+    """Candidate (BLOCK_T, BLOCK_P, num_warps, num_stages), the default first.
 
     A short BLOCK_T keeps the quadratic in-chunk work (T^2 (N + P) per chunk) small next to the state
-    products (T N P); the fp32 state tile N x BLOCK_P in registers bounds BLOCK_P.  STATE_T: the state's
-    layout (``transposed_state``); both are candidates.
+    products (T N P); the fp32 state tile N x BLOCK_P in registers bounds BLOCK_P.
     """
     block_p = max(16, min(64, next_pow2(headdim)))
     t_max = max(16, next_pow2(chunk_size) if chunk_size & (chunk_size - 1) == 0 else next_pow2(chunk_size) // 2)
-    trans = transposed_state(n_state)
     if interpreting():
-        return [(min(32, t_max), block_p, 1, 1, trans)]
+        return [(min(32, t_max), block_p, 1, 1)]
     t32 = min(32, t_max)
-    cands = [(t32, block_p, 4, 2), (t32, block_p, 4, 3), (min(64, t_max), block_p, 4, 2),
+    cands = [(t32, block_p, 4, 2), (t32, block_p, 4, 3), (t32, block_p, 4, 4), (min(64, t_max), block_p, 4, 2),
              (min(16, t_max), block_p, 4, 2), (t32, block_p, 8, 2)]
     if block_p >= 32:  # twice the programs (each head's C B^T is then computed twice)
         cands.append((t32, block_p // 2, 4, 2))
-    cands = [c + (trans,) for c in cands] + [c + (not trans,) for c in cands[:2]]
     return list(dict.fromkeys(cands))
 
 
@@ -276,7 +263,7 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
     dt_bias: (H,); initial_states: (Bsz, H, P, N).  Returns y (Bsz, L, H, P) in x's dtype and, with
     return_final_states, the final state (Bsz, H, P, N) in fp32.  ``out`` may receive y (tests pre-fill
     it with NaN); ``config`` = (BLOCK_T, BLOCK_P, num_warps, num_stages[, STATE_T]) overrides the choice
-    for tuning (STATE_T defaults to ``transposed_state(N)``);
+    for tuning (STATE_T, the transposed state layout, defaults to False);
     ``splits`` the number of sequence segments run in parallel (default: enough to fill the GPU).
     """
     from perfmamba.ops.triton import split as split_l
@@ -308,7 +295,7 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
 
     def kernel(cfg, grid, seg, h_in, h_out, a_sums, states_only):
         block_t, block_p, num_warps, num_stages = cfg[:4]
-        state_t = cfg[4] if len(cfg) > 4 else transposed_state(n_state)
+        state_t = cfg[4] if len(cfg) > 4 else False
         _ssd_fused_kernel[grid](
             x, dt, A, B, C, D if D is not None else x, zz, dt_bias if dt_bias is not None else x,
             h_in if h_in is not None else x, y, h_out if h_out is not None else x,
