@@ -117,15 +117,6 @@ class TestTwoTilesInterpreted:
         check(c, 64, 1e-5, splits=splits)
         assert len(passes) == 1 and passes[0][1] > 1 and passes[0][-1] == n
 
-    @pytest.mark.parametrize("n", [13, 64, 96])
-    @pytest.mark.parametrize("state_t", [False, True])
-    def test_both_state_layouts(self, n, state_t):
-        # the state kept as (N, P) or transposed (P, N) (STATE_T, see transposed_state): the same results,
-        # with an initial state in and split-L segments (their states pass through both layouts' stores)
-        c = make_case(2, 70, 2, 16, 1, n, "h", True, True, seed=n + state_t)
-        check(c, 64, 1e-5, config=(32, 16, 1, 1, state_t))
-        check(c, 64, 1e-5, config=(32, 16, 1, 1, state_t), splits=3)
-
     def test_strided_initial_state_and_dispatch(self):
         # the state's N axis not contiguous (both tiles' loads use its stride); through perfmamba.ops
         c = make_case(2, 33, 2, 24, 1, 96, "h", True, True, seed=5, init_n_major=True)

@@ -60,7 +60,6 @@ def _ssd_fused_kernel(
     SPLIT: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr,
     PRECISION: tl.constexpr,
-    STATE_T: tl.constexpr,  # state kept as (BLOCK_P, N), updated as x^T (P, T) @ (B w) (T, N)
     ASM: tl.constexpr,  # inline PTX allowed: compiled for a GPU, not run by the interpreter
     FAST_ACT: tl.constexpr,  # approximate softplus / SiLU (16-bit inputs only)
 ):
@@ -84,14 +83,12 @@ def _ssd_fused_kernel(
     n_mask = offs_n < N
     offs_t = tl.arange(0, BLOCK_T)
     np_mask = n_mask[:, None] & p_mask[None, :]  # (BLOCK_N, BLOCK_P)
-    pn_mask = p_mask[:, None] & n_mask[None, :]  # (BLOCK_P, BLOCK_N): the transposed state
     # Every `if BLOCK_N2 > 0:` below is resolved at compile time: with one tile (BLOCK_N2 = 0) none of the
     # second tile's code exists, and the kernel is the single-tile one whose register use is tuned.
     if BLOCK_N2 > 0:  # states BLOCK_N .. BLOCK_N + BLOCK_N2 - 1 (the first tile is then full)
         offs_n2 = BLOCK_N + tl.arange(0, BLOCK_N2)
         n_mask2 = offs_n2 < N
         np_mask2 = n_mask2[:, None] & p_mask[None, :]  # (BLOCK_N2, BLOCK_P)
-        pn_mask2 = p_mask[:, None] & n_mask2[None, :]
 
     # exp(x) is computed as exp2(x * log2 e): fold log2 e into A once.
     A2 = tl.load(A_ptr + head).to(tl.float32) * 1.4426950408889634
@@ -101,19 +98,11 @@ def _ssd_fused_kernel(
         d_skip = tl.load(D_ptr + head * s_dh + offs_p * s_dp, mask=p_mask, other=0.0).to(tl.float32)
 
     # h^T: the running state, N x BLOCK_P, fp32 (with two tiles: h, states 0 .. BLOCK_N - 1, and h2)
-    h0_base = h0_ptr + b * s_ib + seg * s_is + head * s_ih
-    if HAS_INIT and STATE_T:
-        h = tl.load(h0_base + offs_p[:, None] * s_ip + offs_n[None, :] * s_in, mask=pn_mask, other=0.0).to(tl.float32)
+    if HAS_INIT:
+        h0_base = h0_ptr + b * s_ib + seg * s_is + head * s_ih + offs_p[None, :] * s_ip
+        h = tl.load(h0_base + offs_n[:, None] * s_in, mask=np_mask, other=0.0).to(tl.float32)
         if BLOCK_N2 > 0:
-            h2 = tl.load(h0_base + offs_p[:, None] * s_ip + offs_n2[None, :] * s_in, mask=pn_mask2, other=0.0).to(tl.float32)
-    elif HAS_INIT:
-        h = tl.load(h0_base + offs_p[None, :] * s_ip + offs_n[:, None] * s_in, mask=np_mask, other=0.0).to(tl.float32)
-        if BLOCK_N2 > 0:
-            h2 = tl.load(h0_base + offs_p[None, :] * s_ip + offs_n2[:, None] * s_in, mask=np_mask2, other=0.0).to(tl.float32)
-    elif STATE_T:
-        h = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
-        if BLOCK_N2 > 0:
-            h2 = tl.zeros((BLOCK_P, BLOCK_N2), dtype=tl.float32)
+            h2 = tl.load(h0_base + offs_n2[:, None] * s_in, mask=np_mask2, other=0.0).to(tl.float32)
     else:
         h = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
         if BLOCK_N2 > 0:
@@ -163,14 +152,9 @@ def _ssd_fused_kernel(
         if not STATES_ONLY:
             # entering state: (T, N) @ (N, BLOCK_P), scaled by the decay up to each step; with two tiles the
             # N sum is split in two dots into one accumulator, and the decay scales their sum
-            if STATE_T:
-                y = tl.dot(Cc, tl.trans(h.to(x.dtype)), input_precision=PRECISION)
-                if BLOCK_N2 > 0:
-                    y = tl.dot(Cc2, tl.trans(h2.to(x.dtype)), acc=y, input_precision=PRECISION)
-            else:
-                y = tl.dot(Cc, h.to(x.dtype), input_precision=PRECISION)
-                if BLOCK_N2 > 0:
-                    y = tl.dot(Cc2, h2.to(x.dtype), acc=y, input_precision=PRECISION)
+            y = tl.dot(Cc, h.to(x.dtype), input_precision=PRECISION)
+            if BLOCK_N2 > 0:
+                y = tl.dot(Cc2, h2.to(x.dtype), acc=y, input_precision=PRECISION)
             y = y * exp2_decay(acum, ASM)[:, None]
             # the chunk itself: causal, decay-weighted C B^T times dt_s x_s
             cb = tl.dot(Cc, Bt, input_precision=PRECISION)  # (T, T) fp32
@@ -183,20 +167,12 @@ def _ssd_fused_kernel(
             a_total += a_end
         # leaving state: decay h, add each step's dt B x^T decayed to the chunk end
         w = exp2_decay(a_end - acum, ASM) * dt  # (T,)
+        Bw = (Bt.to(tl.float32) * w[None, :]).to(x.dtype)  # (N, T)
         chunk_decay = exp2_decay(a_end, ASM)
-        if STATE_T:  # (P, T) @ (T, N): the MMA has BLOCK_P rows whatever N is
-            xt = tl.trans(x)
-            Bw = tl.trans((Bt.to(tl.float32) * w[None, :]).to(x.dtype))  # (T, N)
-            h = tl.dot(xt, Bw, acc=h * chunk_decay, input_precision=PRECISION)
-            if BLOCK_N2 > 0:
-                Bw2 = tl.trans((Bt2.to(tl.float32) * w[None, :]).to(x.dtype))
-                h2 = tl.dot(xt, Bw2, acc=h2 * chunk_decay, input_precision=PRECISION)
-        else:
-            Bw = (Bt.to(tl.float32) * w[None, :]).to(x.dtype)  # (N, T)
-            h = tl.dot(Bw, x, acc=h * chunk_decay, input_precision=PRECISION)
-            if BLOCK_N2 > 0:  # the state's rows are independent: each tile is updated on its own
-                Bw2 = (Bt2.to(tl.float32) * w[None, :]).to(x.dtype)
-                h2 = tl.dot(Bw2, x, acc=h2 * chunk_decay, input_precision=PRECISION)
+        h = tl.dot(Bw, x, acc=h * chunk_decay, input_precision=PRECISION)
+        if BLOCK_N2 > 0:  # the state's rows are independent: each tile is updated on its own
+            Bw2 = (Bt2.to(tl.float32) * w[None, :]).to(x.dtype)
+            h2 = tl.dot(Bw2, x, acc=h2 * chunk_decay, input_precision=PRECISION)
 
         if not STATES_ONLY:
             if HAS_D:
@@ -207,15 +183,10 @@ def _ssd_fused_kernel(
             tl.store(y_base + t[:, None] * s_yl, y.to(y_ptr.dtype.element_ty), mask=tp_mask)
 
     if STORE_FINAL:
-        hT_base = hT_ptr + b * s_fb + seg * s_fs + head * s_fh
-        if STATE_T:
-            tl.store(hT_base + offs_p[:, None] * s_fp + offs_n[None, :] * s_fn, h, mask=pn_mask)
-            if BLOCK_N2 > 0:
-                tl.store(hT_base + offs_p[:, None] * s_fp + offs_n2[None, :] * s_fn, h2, mask=pn_mask2)
-        else:
-            tl.store(hT_base + offs_p[None, :] * s_fp + offs_n[:, None] * s_fn, h, mask=np_mask)
-            if BLOCK_N2 > 0:
-                tl.store(hT_base + offs_p[None, :] * s_fp + offs_n2[:, None] * s_fn, h2, mask=np_mask2)
+        hT_base = hT_ptr + b * s_fb + seg * s_fs + head * s_fh + offs_p[None, :] * s_fp
+        tl.store(hT_base + offs_n[:, None] * s_fn, h, mask=np_mask)
+        if BLOCK_N2 > 0:
+            tl.store(hT_base + offs_n2[:, None] * s_fn, h2, mask=np_mask2)
     if STATES_ONLY:
         tl.store(asum_ptr + b * s_ab + seg * s_as + head, a_total, mask=pid_p == 0)
 
@@ -262,8 +233,7 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
     x, z: (Bsz, L, H, P); dt: (Bsz, L, H); A: (H,); B, C: (Bsz, L, G, N); D: (H,) or (H, P);
     dt_bias: (H,); initial_states: (Bsz, H, P, N).  Returns y (Bsz, L, H, P) in x's dtype and, with
     return_final_states, the final state (Bsz, H, P, N) in fp32.  ``out`` may receive y (tests pre-fill
-    it with NaN); ``config`` = (BLOCK_T, BLOCK_P, num_warps, num_stages[, STATE_T]) overrides the choice
-    for tuning (STATE_T, the transposed state layout, defaults to False);
+    it with NaN); ``config`` = (BLOCK_T, BLOCK_P, num_warps, num_stages) overrides the choice for tuning;
     ``splits`` the number of sequence segments run in parallel (default: enough to fill the GPU).
     """
     from perfmamba.ops.triton import split as split_l
@@ -294,8 +264,7 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
     zz = z if z is not None else x
 
     def kernel(cfg, grid, seg, h_in, h_out, a_sums, states_only):
-        block_t, block_p, num_warps, num_stages = cfg[:4]
-        state_t = cfg[4] if len(cfg) > 4 else False
+        block_t, block_p, num_warps, num_stages = cfg
         _ssd_fused_kernel[grid](
             x, dt, A, B, C, D if D is not None else x, zz, dt_bias if dt_bias is not None else x,
             h_in if h_in is not None else x, y, h_out if h_out is not None else x,
@@ -308,7 +277,7 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
             SOFTPLUS=bool(dt_softplus), CLAMP_DT=clamp, HAS_INIT=h_in is not None,
             STORE_FINAL=h_out is not None, STATES_ONLY=states_only, SPLIT=grid[2] > 1,
             BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_N2=block_n2,
-            PRECISION="ieee" if x.dtype == torch.float32 else "tf32", STATE_T=bool(state_t),
+            PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             **asm_flags(x),
             num_warps=num_warps, num_stages=num_stages,
         )
