@@ -238,7 +238,7 @@ def sweep_tiles(selective_scan_triton):
     # the channels of BLOCK_D go to the warps and, past those, inside each thread.  One-warp programs with
     # three or four stages in flight measured fastest on an H200 (2026-12-01) in a wider grid.
     # N_IN = BLOCK_N (all of a channel's states on one axis: lanes, then inside the thread) compiles to
-    # 15-19% fewer instructions per state element than N_IN = 8 at N = 16 (sm_90, offline, 2026-12-01).
+    # 14-24% fewer instructions per state element than N_IN = 8 at N = 16 (sm_90, offline, 2026-12-01).
     grids = {16: [(64, 2, 8, 1, 3), (32, 4, 16, 1, 3), (32, 4, 16, 1, 2), (16, 8, 16, 1, 3), (16, 8, 16, 1, 4),
                   (32, 8, 16, 1, 3), (64, 2, 16, 1, 3), (64, 2, 16, 1, 2), (64, 4, 16, 1, 3), (32, 2, 16, 1, 3),
                   (16, 4, 16, 1, 3), (128, 1, 16, 1, 3), (64, 4, 16, 2, 3), (128, 1, 8, 1, 3)],

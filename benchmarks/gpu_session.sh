@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests of the kernels, then the kernel and model benchmarks, results under $OUT
 # (or ./gpu-out).  Usage: bash benchmarks/gpu_session.sh [PART ...], parts: tests (= tests-scan tests-ssd
-# tests-rest), every, kernels, models, prune, sweep (SSD tiles), sweep-tile (Mamba-1 tiles) (default: tests
+# tests-rest), every, kernels, models, prune, sweep (SSD tiles), sweep-tile (Mamba-1 tiles), ncu (default: tests
 # kernels models).  Runs from the repository root with PYTHONPATH=. .  Give the commit as
 # PERFMAMBA_GIT_REVISION=<hash> (a literal: the tree copied to the device may carry a stale .git).
 set -uo pipefail
@@ -38,6 +38,17 @@ for part in $parts; do
                    tail -4 "$out/prune-$m.log"
                done
                tar czf "$out/pruning.tgz" -C "$out" pruning && rm -rf "$out/pruning" ;;
+        ncu) # Nsight Compute (hardware counters: Firecracker machines) on the scan and SSD at their tuned tiles;
+             # leaves the clocks alone (METHOD.md); text pages only, the binary reports are large
+             mkdir -p "$out/ncu"
+             for job in "scan 16 64,4,16,1,3" "scan 16 64,2,8,1,3" "ssd 128 32,64,4,2" "ssd 32 32,64,4,4"; do
+                 name=$(echo "$job" | tr ' ,' '-_')
+                 timeout 150 ncu --clock-control none --set full -k regex:_fused_kernel\|_selective_scan_kernel \
+                     --launch-skip 2 --launch-count 1 -f -o "$out/ncu/$name" python3 benchmarks/ncu_kernels.py $job \
+                     >"$out/ncu/$name.log" 2>&1
+                 ncu --import "$out/ncu/$name.ncu-rep" --page details >"$out/ncu/$name-details.txt" 2>&1
+                 rm -f "$out/ncu/$name.ncu-rep"
+             done ;;
         kernels) python3 benchmarks/bench_kernels.py --out-dir "$out" >"$out/kernels.log" 2>&1
                  tail -40 "$out/kernels.log" ;;
         models) python3 benchmarks/bench_models.py --out "$out" >"$out/models.log" 2>&1

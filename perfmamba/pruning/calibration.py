@@ -16,10 +16,10 @@ G = 1, M = d_inner; Mamba-2: M = heads-per-group x headdim), and for channel m, 
 (dt after bias and softplus; A per (m, n) for Mamba-1, per head for Mamba-2).  Every sum below is over
 batch, tokens (and channels m where stated), so memory is independent of the number of tokens:
 
-* ``readout2``  (G, N):    sum C^2                                 (the delta score, see ``scores.py``)
-* ``write2``    (G, M, N): sum over tokens of du^2 B^2 surv(2 dt A) (the delta score)
-* ``activity``  (G, N):    sum |C| |du| |B| surv(dt A)       (the delta-abs ablation)
-* ``gate``      (G, N):    sum |1 - a| |B| |C|                (the delta-gate ablation)
+* ``readout2``  (G, N):    sum C^2                                 (kind "delta": the delta score, see ``scores.py``)
+* ``write2``    (G, M, N): sum over tokens of du^2 B^2 surv(2 dt A) (kind "delta")
+* ``activity``  (G, N):    sum |C| |du| |B| surv(dt A)       (kind "delta-abs": that ablation)
+* ``gate``      (G, N):    sum |1 - a| |B| |C|                (kind "delta-gate": that ablation)
 * ``wc``        (G, M, N): sum over tokens of h^2            (controllability; energy = its sum over m)
 * ``out_abs``   (G, N):    sum |C h|
 * ``wo``        (G, M, N): sum over tokens of the observability g[t] = C[t]^2 + a[t+1]^2 g[t+1]
@@ -46,7 +46,8 @@ from perfmamba.ops.scan_ref import prepare_delta, prepare_dt
 CHUNK = 64
 # |cumulative log-decay| above which a chunk is halved (exp(60) leaves fp32 headroom; one step is exact).
 _MAX_LOG_DECAY = 60.0
-STAT_KINDS = ("activity", "states", "observability", "taylor")
+# Each kind is collected only when a score asks for it (scores.NEEDS): one per delta form, then the states.
+STAT_KINDS = ("delta", "delta-abs", "delta-gate", "states", "observability", "taylor")
 
 
 # ---------------------------------------------------------------------------------------- interception
@@ -190,14 +191,17 @@ def _accumulate_forward(stats: LayerStats, view: ScanView, need: set, horizon: i
         stop = min(start + CHUNK, seqlen)
         log_a = view.log_decay(start, stop)  # (Bsz, G, M, T, N or 1)
         du, B, C = view.du[:, :, :, start:stop], view.B[:, :, :, start:stop], view.C[:, :, :, start:stop]
-        if "activity" in need:
-            drive = (du.abs() * survival(log_a, horizon)).sum(2, keepdim=True)  # (Bsz, G, 1, T, N or 1)
-            bc = B.abs() * C.abs()  # (Bsz, G, 1, T, N)
-            stats.add("activity", (drive * bc).sum((0, 2, 3)))  # (G, N)
-            stats.add("gate", ((-torch.expm1(log_a)).sum(2, keepdim=True) * bc).sum((0, 2, 3)))
-            # delta: E_t C^2 and, per channel m, E_t (du B)^2 surv(2 dt A) (the write's energy over H steps)
+        if "delta" in need:
+            # E_t C^2 and, per channel m, E_t (du B)^2 surv(2 dt A) (the write's energy over H steps)
             stats.add("readout2", C.square().sum((0, 2, 3)))  # (G, N)
             stats.add("write2", _write_energy(du.square() * survival(2 * log_a, horizon), B.square()))
+        if need & {"delta-abs", "delta-gate"}:
+            bc = B.abs() * C.abs()  # (Bsz, G, 1, T, N)
+        if "delta-abs" in need:
+            drive = (du.abs() * survival(log_a, horizon)).sum(2, keepdim=True)  # (Bsz, G, 1, T, N or 1)
+            stats.add("activity", (drive * bc).sum((0, 2, 3)))  # (G, N)
+        if "delta-gate" in need:
+            stats.add("gate", ((-torch.expm1(log_a)).sum(2, keepdim=True) * bc).sum((0, 2, 3)))
         if h is not None:
             states = linear_recurrence(log_a, du * B, h)  # (Bsz, G, M, T, N)
             h = states[..., -1, :]
@@ -256,7 +260,7 @@ def _batches(ids: torch.Tensor, batch_size: int):
 
 
 @torch.no_grad()
-def collect_stats(model, ids: torch.Tensor, kinds=("activity", "states"), batch_size: int = 1,
+def collect_stats(model, ids: torch.Tensor, kinds=("delta", "states"), batch_size: int = 1,
                   horizon: Optional[int] = None, stats: Optional[list] = None) -> list:
     """Forward statistics (see the module doc) over calibration token ids (n_seqs, L); one LayerStats per layer.
 

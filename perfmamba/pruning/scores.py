@@ -65,9 +65,9 @@ from perfmamba.errors import PerfMambaError
 
 METHODS = ("delta", "random", "magnitude", "energy", "output", "taylor", "balanced", "delta-gate", "delta-abs")
 # Calibration statistics each method reads (see calibration.STAT_KINDS).
-NEEDS = {"delta": {"activity"}, "random": set(), "magnitude": set(), "energy": {"states"},
+NEEDS = {"delta": {"delta"}, "random": set(), "magnitude": set(), "energy": {"states"},
          "output": {"states"}, "taylor": {"taylor"}, "balanced": {"states", "observability"},
-         "delta-gate": {"activity"}, "delta-abs": {"activity"}}
+         "delta-gate": {"delta-gate"}, "delta-abs": {"delta-abs"}}
 
 
 def check_methods(methods) -> list:

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from perfmamba import ops
+from perfmamba.errors import PerfMambaError
 from perfmamba.pruning import calibration as cal
 from perfmamba.pruning.scores import METHODS, compute_scores, stats_needed
 
@@ -69,7 +70,7 @@ def test_delta_formula_mamba1_hand_computed():
             "B": torch.tensor([B]).transpose(1, 2), "C": torch.tensor([C]).transpose(1, 2),
             "delta_bias": None, "delta_softplus": False}
     stats = cal.LayerStats(groups=1, channels=1, d_state=2)
-    cal._accumulate_forward(stats, cal.scan_view("mamba1", args), {"activity"}, horizon=3)
+    cal._accumulate_forward(stats, cal.scan_view("mamba1", args), {"delta-abs", "delta-gate"}, horizon=3)
     (score,) = compute_scores("delta-abs", None, [stats])
     (gate,) = compute_scores("delta-gate", None, [stats])
     for n in range(2):
@@ -91,7 +92,7 @@ def test_delta_formula_mamba2_groups_hand_computed():
             "B": torch.tensor(B).view(1, 1, 2, 1), "C": torch.tensor(C).view(1, 1, 2, 1),
             "dt_bias": torch.tensor(dt_bias), "dt_softplus": True, "dt_limit": (0.0, float("inf"))}
     stats = cal.LayerStats(groups=2, channels=1, d_state=1)
-    cal._accumulate_forward(stats, cal.scan_view("mamba2", args), {"activity"}, horizon=4)
+    cal._accumulate_forward(stats, cal.scan_view("mamba2", args), {"delta-abs"}, horizon=4)
     (score,) = compute_scores("delta-abs", None, [stats])
     for g in range(2):
         step = math.log1p(math.exp(dt_raw[g] + dt_bias[g]))
@@ -110,7 +111,7 @@ def test_delta_rms_formula_mamba1_hand_computed():
             "B": torch.tensor([B]).transpose(1, 2), "C": torch.tensor([C]).transpose(1, 2),
             "delta_bias": None, "delta_softplus": False}
     stats = cal.LayerStats(groups=1, channels=2, d_state=2)
-    cal._accumulate_forward(stats, cal.scan_view("mamba1", args), {"activity"}, horizon=5)
+    cal._accumulate_forward(stats, cal.scan_view("mamba1", args), {"delta"}, horizon=5)
     (score,) = compute_scores("delta", None, [stats])
     for n in range(2):
         readout = math.sqrt(sum(C[t][n] ** 2 for t in range(3)) / 3)
@@ -130,7 +131,7 @@ def test_delta_rms_formula_mamba2_hand_computed():
             "A": torch.tensor(A), "B": torch.tensor(B).view(1, 2, 1, 2), "C": torch.tensor(C).view(1, 2, 1, 2),
             "dt_bias": torch.tensor(dt_bias), "dt_softplus": True, "dt_limit": (0.0, float("inf"))}
     stats = cal.LayerStats(groups=1, channels=4, d_state=2)
-    cal._accumulate_forward(stats, cal.scan_view("mamba2", args), {"activity"}, horizon=4)
+    cal._accumulate_forward(stats, cal.scan_view("mamba2", args), {"delta"}, horizon=4)
     (score,) = compute_scores("delta", None, [stats])
     for n in range(2):
         readout = math.sqrt(sum(C[t][n] ** 2 for t in range(2)) / 2)
@@ -154,7 +155,7 @@ def _random_m1_args(seqlen, seed, n_state=4):
 
 def _score(args, method):
     stats = cal.LayerStats(groups=1, channels=3, d_state=args["A"].shape[1])
-    cal._accumulate_forward(stats, cal.scan_view("mamba1", args), {"activity"}, horizon=16)
+    cal._accumulate_forward(stats, cal.scan_view("mamba1", args), {"delta", "delta-abs", "delta-gate"}, horizon=16)
     return compute_scores(method, None, [stats])[0][0]
 
 
@@ -266,3 +267,18 @@ def test_taylor_equals_a_finite_difference(name):
 
     fd = (loss_with(1 + eps) - loss_with(1 - eps)) / (2 * eps)
     assert stats0.sums["taylor"][group, n].item() == pytest.approx(abs(fd), rel=2e-3)
+
+
+@pytest.mark.parametrize("method,sums", [("delta", {"readout2", "write2"}), ("delta-abs", {"activity"}),
+                                         ("delta-gate", {"gate"})])
+def test_each_delta_form_collects_only_its_own_sums(method, sums):
+    # a score's calibration pass computes the statistics of that form alone (scores.NEEDS), and a score whose
+    # statistics were not collected says so instead of reading another form's sums
+    args = _random_m1_args(20, seed=7)
+    stats = cal.LayerStats(groups=1, channels=3, d_state=4)
+    cal._accumulate_forward(stats, cal.scan_view("mamba1", args), stats_needed([method]), horizon=8)
+    assert set(stats.sums) == sums
+    assert compute_scores(method, None, [stats])[0].shape == (1, 4)
+    other = "delta-gate" if method != "delta-gate" else "delta"
+    with pytest.raises(PerfMambaError, match="did not collect"):
+        compute_scores(other, None, [stats])

@@ -340,8 +340,8 @@ def _scan_configs(n_state: int, seqlen: int, channels_per_group: int):
     else:  # not measured with N_IN = BLOCK_N: more states per thread than these tiles hold in registers
         first = ()
     for block_l, n_in, nw, stages, block_d in first + (
-            (64, n8, 1, 3, 2), (128, n8, 1, 3, 1), (128, n8, 1, 3, 2), (64, n8, 1, 3, 1), (64, n8, 2, 3, 4), (32, n8, 1, 3, 4),
-            (32, block_n // 2, 2, 2, None), (16, block_n // 2, 4, 1, None)):
+            (64, n8, 1, 3, 2), (128, n8, 1, 3, 1), (128, n8, 1, 3, 2), (64, n8, 1, 3, 1), (64, n8, 2, 3, 4),
+            (32, n8, 1, 3, 4), (32, block_n // 2, 2, 2, None), (16, block_n // 2, 4, 1, None)):
         n_in = min(32, max(1, n_in))
         if (block_n // n_in) * block_l > 256:  # registers: BLOCK_L * N_OUT values per thread and tensor
             continue
