@@ -14,8 +14,10 @@ states of those channels in registers (fp32).  It walks the sequence in tiles of
     measured faster because the per-tile overhead is amortized over more steps;
   * the state entering the tile is folded into its first step (b_1 += a_1 h_in) so that the scan's
     running products of a are dead code, and the state leaving it is the last row; y_t = sum_n h_t C_t
-    reduces N_OUT in registers and N_IN across lanes.  The fastest tiles on an H200 are one warp of 64-128
-    steps with three tiles in flight (the candidates in ``_scan_configs``).
+    reduces N_OUT in registers and N_IN across the lanes it spans (past the lanes left by L, the rest of
+    N_IN stays inside each thread).  The fastest tiles on an H200 are one warp of 64-128 steps with three
+    tiles in flight, and for N <= 16 all of a channel's states on N_IN (the candidates in
+    ``_scan_configs``).
 
 The work per element is one exp2 plus a handful of FMAs, so the cost grows linearly with N; the padded
 BLOCK_N (a power of two) is the only waste for odd N.
