@@ -24,7 +24,8 @@ for part in $parts; do
                        tests/ops/test_triton_kernels.py -k "GPU and ssd" >"$out/tests-ssd.log" 2>&1
                    tail -12 "$out/tests-ssd.log" ;;
         tests-rest) python3 -m pytest -q -p no:cacheprovider --durations=10 tests/ops/test_triton_kernels.py \
-                        tests/models/test_gpu_model.py -k "GPU and not selective_scan and not ssd and not every" \
+                        tests/ops/test_decode_fused.py tests/ops/test_autotune.py tests/models/test_gpu_model.py \
+                        -k "GPU and not selective_scan and not ssd and not every" \
                         >"$out/tests-rest.log" 2>&1; tail -12 "$out/tests-rest.log" ;;
         every) python3 -m pytest -q -p no:cacheprovider tests/ops/test_triton_kernels.py -k every_scan_candidate \
                    >"$out/every.log" 2>&1; tail -5 "$out/every.log" ;;

@@ -76,11 +76,14 @@ class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
 
     def step(self, hidden: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
         """One token.  hidden: (Bsz, d_model) -> (Bsz, d_model); the layer's cache entries advance in place."""
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (Bsz, D) each
-        x = ops.causal_conv1d_update(x, cache.conv_states[self.layer_idx], self._conv_weight(), self.conv1d.bias,
-                                     activation="silu", backend=self.backend)
-        dt, B, C = self._split_xproj(self.x_proj(x))  # dt: (Bsz, R), projected inside the state update
-        y = ops.selective_state_update(cache.ssm_states[self.layer_idx], x, dt, self.neg_exp_A(), B, C, D=self.D,
-                                       z=z, dt_bias=self.dt_proj.bias, dt_softplus=True,
-                                       dt_proj_weight=self.dt_proj.weight, backend=self.backend)
+        return self.step_projected(self.in_proj(hidden), cache)
+
+    def step_projected(self, xz: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
+        """``step`` from in_proj's output xz (Bsz, 2 * d_inner): conv, x_proj, dt_proj, the state update and
+        the gate are one op (two kernels on the GPU), then out_proj."""
+        x, z = xz.chunk(2, dim=-1)  # (Bsz, D) each
+        li = self.layer_idx
+        y = ops.mamba1_mixer_step(x, z, cache.conv_states[li], self._conv_weight(), self.conv1d.bias,
+                                  self.x_proj.weight, cache.ssm_states[li], self.neg_exp_A(), self.D,
+                                  self.dt_proj.weight, self.dt_proj.bias, backend=self.backend)
         return self.out_proj(y)

@@ -19,6 +19,7 @@ import torch
 
 from perfmamba.errors import PerfMambaError
 from perfmamba.ops.conv_ref import causal_conv1d_ref, causal_conv1d_update_ref
+from perfmamba.ops.decode_ref import add_rms_norm_linear_ref, mamba1_mixer_step_ref
 from perfmamba.ops.norm_ref import add_rms_norm_ref, rms_norm_ref
 from perfmamba.ops.scan_chunked import selective_scan_chunked
 from perfmamba.ops.scan_ref import selective_scan_ref, selective_state_update_ref, ssd_loop_ref, ssd_ref
@@ -26,7 +27,8 @@ from perfmamba.ops.scan_ref import selective_scan_ref, selective_state_update_re
 BACKENDS = ("auto", "ref", "loop", "triton")
 
 __all__ = ["BACKENDS", "selective_scan", "ssd", "causal_conv1d", "causal_conv1d_update", "selective_state_update",
-           "rms_norm", "add_rms_norm", "resolve_backend", "triton_available"]
+           "rms_norm", "add_rms_norm", "add_rms_norm_linear", "mamba1_mixer_step", "resolve_backend",
+           "triton_available"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -173,6 +175,53 @@ def add_rms_norm(x, residual, weight, eps, residual_dtype=None, backend="auto"):
     which = resolve_backend(backend, x.device)
     fn = _triton_module().add_rms_norm_triton if which == "triton" else add_rms_norm_ref
     return fn(x, residual, weight, eps, residual_dtype=residual_dtype)
+
+
+def add_rms_norm_linear(x, residual, norm_weight, eps, weight, bias=None, residual_dtype=None, backend="auto"):
+    """``add_rms_norm`` followed by ``F.linear(normed, weight, bias)``: returns (projected, new residual).
+
+    A decode step's pre-norm and in_proj: x, residual (batch, dim); norm_weight (dim,); weight (out, dim).
+    On the GPU, up to 16 rows, one kernel (``triton/norm_linear.py``); otherwise the two ops.
+    """
+    dim = x.shape[-1]
+    if (x.dim() != 2 or tuple(norm_weight.shape) != (dim,) or weight.dim() != 2 or weight.shape[1] != dim
+            or (residual is not None and residual.shape != x.shape)):
+        raise _shape_error("add_rms_norm_linear", "x, residual (batch, dim); norm_weight (dim,); weight (out, dim)",
+                           dict(x=x, residual=residual, norm_weight=norm_weight, weight=weight))
+    which = resolve_backend(backend, x.device)
+    if which != "triton":
+        return add_rms_norm_linear_ref(x, residual, norm_weight, eps, weight, bias, residual_dtype=residual_dtype)
+    triton_ops = _triton_module()
+    if triton_ops.norm_linear_applies(x, residual, norm_weight, weight):
+        return triton_ops.add_rms_norm_linear_triton(x, residual, norm_weight, eps, weight, bias,
+                                                     residual_dtype=residual_dtype)
+    normed, r = triton_ops.add_rms_norm_triton(x, residual, norm_weight, eps, residual_dtype=residual_dtype)
+    return torch.nn.functional.linear(normed, weight, bias), r
+
+
+def mamba1_mixer_step(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, ssm_state, A, D, dt_proj_weight,
+                      dt_proj_bias, backend="auto"):
+    """Mamba-1's decode step between in_proj and out_proj (``mamba1_mixer_step_ref``): x, z (batch, D);
+    conv_state (batch, D, W) and ssm_state (batch, D, N), updated in place; conv_weight (D, W); x_proj_weight
+    (R + 2N, D); A (D, N); dt_proj_weight (D, R).  Returns the gated y (batch, D).  On the GPU, two kernels
+    instead of four (``triton/mamba1_step.py``)."""
+    bsz, dim = x.shape if x.dim() == 2 else (None, None)
+    n_state = ssm_state.shape[-1] if ssm_state.dim() == 3 else None
+    rank = dt_proj_weight.shape[-1] if dt_proj_weight.dim() == 2 else None
+    ok = (x.dim() == 2 and z.shape == x.shape and conv_state.dim() == 3 and tuple(conv_state.shape[:2]) == (bsz, dim)
+          and tuple(conv_weight.shape) == (dim, conv_state.shape[2]) and ssm_state.dim() == 3
+          and tuple(ssm_state.shape[:2]) == (bsz, dim) and tuple(A.shape) == (dim, n_state)
+          and dt_proj_weight.dim() == 2 and dt_proj_weight.shape[0] == dim
+          and tuple(x_proj_weight.shape) == (rank + 2 * n_state, dim))
+    if not ok:
+        raise _shape_error("mamba1_mixer_step", "x, z (batch, D); conv_state (batch, D, W); conv_weight (D, W); "
+                           "x_proj_weight (R + 2N, D); ssm_state (batch, D, N); A (D, N); dt_proj_weight (D, R)",
+                           dict(x=x, z=z, conv_state=conv_state, conv_weight=conv_weight, x_proj_weight=x_proj_weight,
+                                ssm_state=ssm_state, A=A, dt_proj_weight=dt_proj_weight))
+    args = (x, z, conv_state, conv_weight, conv_bias, x_proj_weight, ssm_state, A, D, dt_proj_weight, dt_proj_bias)
+    if resolve_backend(backend, x.device) == "triton":
+        return _triton_module().mamba1_mixer_step_triton(*args)
+    return mamba1_mixer_step_ref(*args)
 
 
 # ---------------------------------------------------------------------------------------- shape checks

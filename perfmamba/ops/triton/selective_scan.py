@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 
 import torch
 import triton
@@ -84,20 +85,33 @@ def pick_config(key, candidates, launch):
 
 
 def _median_ms(fn, repeats: int = 20) -> float:
-    """Median time of ``fn`` in ms from CUDA events, after one untimed call (which compiles).
+    """Median device time of ``fn`` in ms from CUDA events, after one untimed call (which compiles).
 
-    Used instead of triton.testing.do_bench, which allocates a 256 MB buffer to flush the L2 cache: that
-    buffer would show up in the peak memory of whichever forward pass happened to tune a kernel.
+    The timed calls are queued behind a spin kernel (``torch.cuda._sleep``) that lasts longer than the host
+    needs to launch them all, so the GPU runs them back to back.  Events around plain calls would time the
+    host wherever a call's kernels take less time than its launches (batch 1 with split-L, short
+    sequences), and every candidate would then read about the same.  Not triton.testing.do_bench: it
+    allocates a 256 MB buffer to flush the L2 cache, which would show up in the peak memory of whichever
+    forward pass happened to tune a kernel.
     """
     fn()
     torch.cuda.synchronize()
+    host_start = time.perf_counter()
+    fn()  # compiled now: this measures the host's launch time
+    host_ms = (time.perf_counter() - host_start) * 1e3
+    torch.cuda.synchronize()
     pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+    # twice the host's time for all the launches, plus a margin; cycles at 2 GHz (a lower clock spins longer)
+    torch.cuda._sleep(int((2 * repeats * host_ms + 1.0) * _SPIN_CYCLES_PER_MS))
     for start, end in pairs:
         start.record()
         fn()
         end.record()
     torch.cuda.synchronize()
     return sorted(start.elapsed_time(end) for start, end in pairs)[repeats // 2]
+
+
+_SPIN_CYCLES_PER_MS = 2_000_000
 
 
 @triton.jit

@@ -37,10 +37,11 @@ def _state_update_kernel(
     s_eh, s_ep,  # dt_bias (H, P)
     s_yb, s_yh, s_yp,  # y (Bsz, H, P)
     s_wh, s_wp, s_wr,  # dt_proj weight (H, P, R) when DT_PROJ; dt is then (Bsz, R) with strides (s_tb, s_tp)
+    NQ,  # PARTIALS: dt_ptr holds x_proj's partial sums (NQ, Bsz, R + 2N), strides (s_th, s_tb, 1)
     N: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     CLAMP_DT: tl.constexpr, DT_PROJ: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_R: tl.constexpr,
+    BLOCK_R: tl.constexpr, PARTIALS: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     b = pid_bh // H
@@ -55,13 +56,22 @@ def _state_update_kernel(
     s_tile = state_ptr + b * s_sb + head * s_sh + offs_p[:, None] * s_sp + offs_n[None, :] * s_sn
     h = tl.load(s_tile, mask=pn_mask, other=0.0).to(tl.float32)  # (BLOCK_P, BLOCK_N)
     x = tl.load(x_ptr + b * s_xb + head * s_xh + offs_p * s_xp, mask=p_mask, other=0.0).to(tl.float32)
+    if PARTIALS:  # x_proj's output as the sum of its per-block partials, rounded as F.linear returns it
+        offs_q = tl.arange(0, BLOCK_Q)
+        q_rows = dt_ptr + b * s_tb + offs_q[:, None] * s_th  # (BLOCK_Q, 1)
+        q_mask = (offs_q < NQ)[:, None]
     if DT_PROJ:  # Mamba-1's dt_proj GEMV for this block of channels, rounded to dt's dtype as F.linear is
         offs_r = tl.arange(0, BLOCK_R)
         r_mask = offs_r < R
         w = tl.load(w_ptr + head * s_wh + offs_p[:, None] * s_wp + offs_r[None, :] * s_wr,
                     mask=p_mask[:, None] & r_mask[None, :], other=0.0).to(tl.float32)
-        dt_low = tl.load(dt_ptr + b * s_tb + offs_r * s_tp, mask=r_mask, other=0.0).to(tl.float32)
-        dt = tl.sum(w * dt_low[None, :], axis=1).to(dt_ptr.dtype.element_ty).to(tl.float32)
+        if PARTIALS:
+            dt_low = tl.sum(tl.load(q_rows + offs_r[None, :], mask=q_mask & r_mask[None, :], other=0.0), axis=0)
+            dt_low = dt_low.to(x_ptr.dtype.element_ty).to(tl.float32)
+            dt = tl.sum(w * dt_low[None, :], axis=1).to(x_ptr.dtype.element_ty).to(tl.float32)
+        else:
+            dt_low = tl.load(dt_ptr + b * s_tb + offs_r * s_tp, mask=r_mask, other=0.0).to(tl.float32)
+            dt = tl.sum(w * dt_low[None, :], axis=1).to(dt_ptr.dtype.element_ty).to(tl.float32)
     else:
         dt = tl.load(dt_ptr + b * s_tb + head * s_th + offs_p * s_tp, mask=p_mask, other=0.0).to(tl.float32)
     if HAS_DT_BIAS:
@@ -72,8 +82,15 @@ def _state_update_kernel(
         dt = tl.minimum(tl.maximum(dt, dt_min), dt_max)
     A = tl.load(A_ptr + head * s_ah + offs_p[:, None] * s_ap + offs_n[None, :] * s_an, mask=pn_mask,
                 other=0.0).to(tl.float32)
-    Bv = tl.load(B_ptr + b * s_bb + grp * s_bg + offs_n * s_bn, mask=n_mask, other=0.0).to(tl.float32)
-    Cv = tl.load(C_ptr + b * s_cb + grp * s_cg + offs_n * s_cn, mask=n_mask, other=0.0).to(tl.float32)
+    if PARTIALS:  # one group: B at columns R .. R+N-1, C after it
+        qn_mask = q_mask & n_mask[None, :]
+        Bv = tl.sum(tl.load(q_rows + R + offs_n[None, :], mask=qn_mask, other=0.0), axis=0)
+        Cv = tl.sum(tl.load(q_rows + R + N + offs_n[None, :], mask=qn_mask, other=0.0), axis=0)
+        Bv = Bv.to(x_ptr.dtype.element_ty).to(tl.float32)
+        Cv = Cv.to(x_ptr.dtype.element_ty).to(tl.float32)
+    else:
+        Bv = tl.load(B_ptr + b * s_bb + grp * s_bg + offs_n * s_bn, mask=n_mask, other=0.0).to(tl.float32)
+        Cv = tl.load(C_ptr + b * s_cb + grp * s_cg + offs_n * s_cn, mask=n_mask, other=0.0).to(tl.float32)
 
     h = tl.exp(dt[:, None] * A) * h + (dt * x)[:, None] * Bv[None, :]
     tl.store(s_tile, h.to(state_ptr.dtype.element_ty), mask=pn_mask)
@@ -96,15 +113,20 @@ def _split(t: torch.Tensor, dim: int, per: int):
 
 
 def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
-                                  dt_limit=(0.0, float("inf")), out=None, dt_proj_weight=None):
+                                  dt_limit=(0.0, float("inf")), out=None, dt_proj_weight=None, partials=None):
     """Same arguments, shapes and results as ``selective_state_update_ref``; ``state`` is updated in place.
     With ``dt_proj_weight`` (Mamba-1, (D, R)), dt is (Bsz, R) and is projected inside the kernel.
+    ``partials`` = (sums, R, N) (Mamba-1 with dt_proj_weight; ``mamba1_step.py``): dt, B and C are not
+    given but summed from x_proj's partial sums (n_blocks, Bsz, R + 2N) fp32, one group.
 
     Mamba-1: state (Bsz, D, N); x, dt, z (Bsz, D); A (D, N); B, C (Bsz, N) or (Bsz, G, N); D, dt_bias (D,).
     Mamba-2: state (Bsz, H, P, N); x, z (Bsz, H, P); dt (Bsz, H); A, D, dt_bias (H,) (D also (H, P));
     B, C (Bsz, G, N).
     """
     y = out if out is not None else torch.empty_like(x)
+    if partials is not None:  # B, C, dt stand in as views of the sums (one group); only their strides are used
+        sums, rank_p, n_p = partials
+        dt, B, C = sums[0, :, :rank_p], sums[0, :, None, rank_p:rank_p + n_p], sums[0, :, None, rank_p + n_p:]
     if state.dim() == 3:  # Mamba-1: G heads of D/G channels
         bsz, dim, n_state = state.shape
         Bg = B if B.dim() == 3 else B.unsqueeze(1)  # (Bsz, G, N)
@@ -115,6 +137,8 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
         x_s, y_s = _split(x, 1, per), _split(y, 1, per)
         # with the dt_proj weight, dt is (Bsz, R): its batch and rank strides stand in (s_tb, -, s_tp)
         t_s = _split(dt, 1, per) if dt_proj_weight is None else [dt.stride(0), 0, dt.stride(1)]
+        if partials is not None:  # (batch, block, column) strides of the sums
+            t_s = [sums.stride(1), sums.stride(0), 1]
         a_s = _split(A, 0, per)
         z_s = _split(z, 1, per) if z is not None else (0, 0, 0)
         d_s = _split(D, 0, per) if D is not None else (0, 0)
@@ -148,9 +172,11 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
         dt_bias if dt_bias is not None else x, y, w if w is not None else x,
         heads, per, heads // groups, float(dt_limit[0]), float(dt_limit[1]), rank,
         *st_s, *x_s, *t_s, *a_s, *Bg.stride(), *Cg.stride(), *d_s, *z_s, *e_s, *y_s, *w_s,
+        partials[0].shape[0] if partials is not None else 1,
         N=n_state, HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None,
         SOFTPLUS=bool(dt_softplus), CLAMP_DT=clamp, DT_PROJ=w is not None, BLOCK_P=block_p, BLOCK_N=block_n,
-        BLOCK_R=max(2, next_pow2(rank)),
+        BLOCK_R=max(2, next_pow2(rank)), PARTIALS=partials is not None,
+        BLOCK_Q=max(2, next_pow2(partials[0].shape[0])) if partials is not None else 2,
         num_warps=4,
     )
     return y
