@@ -123,3 +123,10 @@ def test_model_step_with_fused_ops_equals_reference(family, randomise):
         for a, b in zip(fused_cache.conv_states + fused_cache.ssm_states, cache.conv_states + cache.ssm_states):
             assert rel_err(a, b) < 1e-5
         token = ref.argmax(-1)
+
+
+@interpreted
+def test_mamba1_step_past_the_fused_batch_limit(monkeypatch):
+    from perfmamba.ops.triton import mamba1_step
+    monkeypatch.setattr(mamba1_step, "MAX_BATCH", 2)  # batch 3 then takes the unfused kernels
+    check_mamba1_step(3, 40, 7, 3, torch.float32, "cpu", 1e-5, seed=4)

@@ -67,6 +67,7 @@ def _conv_xproj_kernel(
 
 
 BLOCK_M = 16  # the rows of a tensor-core dot; decode batches up to 16 take one program row
+MAX_BATCH = 16  # larger batches: the unfused kernels (``perfmamba.ops.mamba1_mixer_step``)
 
 
 def mamba1_mixer_step_triton(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, ssm_state, A, D,

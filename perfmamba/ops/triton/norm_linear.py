@@ -3,13 +3,15 @@
 At batch 1 a decode step is a chain of small dependent kernels, and each costs a few microseconds
 whatever it computes (H200: a mamba-130m token is 147 kernels, 0.52 ms of kernel time).  The norm in
 front of in_proj reads and writes a few KB; folded into the projection it costs nothing but its reads.
-Every program needs the whole normalized row for its dot products, so each one computes the row's sum
-of squares itself (the rows are d_model values, a few KB, read from L2) and only the first program
-stores the new residual; then it streams its BLOCK_N rows of the weight, as a GEMV does.
+Each program streams its BLOCK_N rows of the weight, as a GEMV does, against the un-normalized rows
+times the norm's weight, and takes the rows' sums of squares on the way (the rows are d_model values, a
+few KB, read from L2 by every program; only the first stores the new residual).  Since the norm is a
+per-row scale, it is applied to the fp32 sums at the end: rms_norm(r) @ W^T = rstd * ((r * w_norm) @ W^T).
 
-Rounding follows ``add_rms_norm_ref`` then ``F.linear``: the residual sum rounded to the residual dtype,
-the normalized values to the norm weight's dtype, the product with the weight to that dtype, then an
-fp32-accumulated dot rounded to the output dtype.
+Rounding: the residual sum is rounded to the residual dtype (stored and used as is, as in
+``add_rms_norm_ref``); the dot's operand r * w_norm is rounded to the weight dtype where the reference
+rounds the normalized r * rstd and then its product with w_norm, so in 16-bit dtypes the results agree
+to the dtype's rounding, not bit for bit; the dot accumulates in fp32 and is rounded once at the end.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import triton.language as tl
 
 from perfmamba.ops.triton.selective_scan import interpreting, next_pow2, pick_config
 
-MAX_ROWS = 16  # more rows make the projection a GEMM: the norm kernel plus F.linear do better
+BLOCK_M = 16  # the rows of a tensor-core dot
+MAX_ROWS = 16  # the fused kernel's limit (one BLOCK_M); more rows make the projection a GEMM
 
 
 @triton.jit
@@ -37,22 +40,10 @@ def _add_rms_norm_linear_kernel(
     n_mask = offs_n < N
     offs_k = tl.arange(0, BLOCK_K)
 
-    # pass 1: the residual stream r = x + residual (rounded as stored) and its sum of squares per row
+    # One pass over K: y = rstd * ((r * nw) @ W^T), the norm's scale applied after the sum, where it is one
+    # multiply per output.  Two passes (the statistics first, then the normalized rows) measured 2.7 us
+    # slower per call than the norm kernel plus cuBLAS (H200, 2026-12-01): a second chain of dependent loads.
     sumsq = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + offs_k
-        mk = m_mask[:, None] & (k < K)[None, :]
-        h = tl.load(x_ptr + offs_m[:, None] * s_xm + k[None, :], mask=mk, other=0.0).to(tl.float32)
-        if HAS_RES:
-            h += tl.load(r_ptr + offs_m[:, None] * s_rm + k[None, :], mask=mk, other=0.0).to(tl.float32)
-        h = h.to(ro_ptr.dtype.element_ty)
-        if pid == 0:
-            tl.store(ro_ptr + offs_m[:, None] * s_om + k[None, :], h, mask=mk)
-        h = h.to(tl.float32)
-        sumsq += tl.sum(h * h, axis=1)
-    rstd = 1.0 / tl.sqrt(sumsq / K + eps)  # (BLOCK_M,)
-
-    # pass 2: the normalized rows (re-read from L2) times this program's BLOCK_N rows of the weight
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + offs_k
@@ -61,13 +52,17 @@ def _add_rms_norm_linear_kernel(
         h = tl.load(x_ptr + offs_m[:, None] * s_xm + k[None, :], mask=mk, other=0.0).to(tl.float32)
         if HAS_RES:
             h += tl.load(r_ptr + offs_m[:, None] * s_rm + k[None, :], mask=mk, other=0.0).to(tl.float32)
-        h = h.to(ro_ptr.dtype.element_ty).to(tl.float32)
-        nw = tl.load(nw_ptr + k, mask=k_mask, other=0.0)
-        normed = (h * rstd[:, None]).to(nw_ptr.dtype.element_ty).to(tl.float32)
-        a = (nw.to(tl.float32)[None, :] * normed).to(w_ptr.dtype.element_ty)  # (BLOCK_M, BLOCK_K)
+        h = h.to(ro_ptr.dtype.element_ty)  # the residual stream as stored
+        if pid == 0:
+            tl.store(ro_ptr + offs_m[:, None] * s_om + k[None, :], h, mask=mk)
+        h = h.to(tl.float32)
+        sumsq += tl.sum(h * h, axis=1)
+        nw = tl.load(nw_ptr + k, mask=k_mask, other=0.0).to(tl.float32)
+        a = (h * nw[None, :]).to(w_ptr.dtype.element_ty)  # (BLOCK_M, BLOCK_K)
         # W^T's tile (BLOCK_K, BLOCK_N): contiguous along K in memory
         w = tl.load(w_ptr + offs_n[None, :] * s_wn + k[:, None], mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         acc = tl.dot(a, w, acc=acc, input_precision=PRECISION)
+    acc = acc / tl.sqrt(sumsq / K + eps)[:, None]
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     tl.store(y_ptr + offs_m[:, None] * s_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
@@ -107,7 +102,7 @@ def add_rms_norm_linear_triton(x, residual, norm_weight, eps, weight, bias=None,
         _add_rms_norm_linear_kernel[(triton.cdiv(n_out, block_n),)](
             x, res, r_out, norm_weight, weight, bias if bias is not None else weight, y, rows, n_out, k_in,
             float(eps), x.stride(0), res.stride(0), r_out.stride(0), weight.stride(0), y.stride(0),
-            HAS_RES=residual is not None, HAS_BIAS=bias is not None, BLOCK_M=MAX_ROWS, BLOCK_N=block_n,
+            HAS_RES=residual is not None, HAS_BIAS=bias is not None, BLOCK_M=BLOCK_M, BLOCK_N=block_n,
             BLOCK_K=min(block_k, max(16, next_pow2(k_in))),
             PRECISION="ieee" if weight.dtype == torch.float32 else "tf32", num_warps=num_warps, num_stages=num_stages)
 
