@@ -259,12 +259,12 @@ def sweep_tiles(selective_scan_triton):
 
 
 def sweep_ssd(ssd_triton):
-    print("sweep: mamba2 ssd (BLOCK_T, BLOCK_P, num_warps, num_stages)")
+    print("sweep: mamba2 ssd (BLOCK_T, BLOCK_P, num_warps, num_stages[, transposed layout])")
     for n_state in (128, 96, 64, 32, 16):
         args, kw = ssd_inputs(n_state)
         ref = ssd(*args, **kw, backend="ref")
         cfgs = [(32, 64, 4, 2), (32, 64, 4, 3), (32, 64, 4, 4), (32, 64, 4, 5), (64, 64, 4, 2), (64, 64, 4, 3),
-                (16, 64, 4, 3)]
+                (16, 64, 4, 3), (64, 64, 4, 2, True), (64, 64, 4, 3, True), (32, 64, 4, 3, True)]
         times = time_configs(f"N={n_state}", lambda cfg: ssd_triton(*args, **kw, config=cfg), ref, cfgs)
         print(f"  best N={n_state}:", sorted(times)[:3])
 

@@ -7,7 +7,6 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from perfmamba import ops
 from perfmamba.models.cache import InferenceCache
 from perfmamba.models.mamba1 import Mamba1Mixer
 from perfmamba.models.mamba2 import Mamba2Mixer
@@ -32,16 +31,4 @@ class Block(nn.Module):
 
     def step(self, x: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
         """x: (Bsz, d_model) -> same shape, one token."""
-        out, residual = self.step_from_residual(x, None, cache, torch.float32 if self.residual_in_fp32 else None)
-        return residual + out
-
-    def step_from_residual(self, x: torch.Tensor, residual: Optional[torch.Tensor], cache: InferenceCache,
-                           residual_dtype=None):
-        """One token from the residual stream's pieces, as ``MambaLM`` runs it: r = residual + x (the
-        previous block's output joining the stream), then (mixer.step(norm(r)), r).  The add, the norm and
-        the mixer's in_proj are one op (one kernel on the GPU for small batches)."""
-        proj = self.mixer.in_proj
-        projected, residual = ops.add_rms_norm_linear(x, residual, self.norm.weight, self.norm.eps, proj.weight,
-                                                      proj.bias, residual_dtype=residual_dtype,
-                                                      backend=self.norm.backend)
-        return self.mixer.step_projected(projected, cache), residual
+        return self._residual(x) + self.mixer.step(self.norm(x), cache)

@@ -106,11 +106,7 @@ class MambaLM(nn.Module):
 
     def step(self, input_ids: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
         """One token per sequence: input_ids (Bsz,) -> logits (Bsz, V); the cache advances in place."""
-        fp32 = torch.float32 if self.config.residual_in_fp32 else None
-        x, residual = self.backbone.embedding(input_ids), None
-        for block in self.backbone.layers:  # as _run_blocks, with each norm fused into the in_proj after it
-            x, residual = block.step_from_residual(x, residual, cache, residual_dtype=fp32)
-        hidden = self.backbone.norm_f.add_forward(x, residual, residual_dtype=fp32)[0]
+        hidden = self._run_blocks(self.backbone.embedding(input_ids), lambda block, h: block.mixer.step(h, cache))
         cache.seqlen_offset += 1
         return self.lm_head(hidden)
 

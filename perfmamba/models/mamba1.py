@@ -75,13 +75,10 @@ class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
         return self.out_proj(y.transpose(1, 2))  # a transposed operand for the GEMM, not a copy (batch 1)
 
     def step(self, hidden: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
-        """One token.  hidden: (Bsz, d_model) -> (Bsz, d_model); the layer's cache entries advance in place."""
-        return self.step_projected(self.in_proj(hidden), cache)
-
-    def step_projected(self, xz: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
-        """``step`` from in_proj's output xz (Bsz, 2 * d_inner): conv, x_proj, dt_proj, the state update and
-        the gate are one op (two kernels on the GPU), then out_proj."""
-        x, z = xz.chunk(2, dim=-1)  # (Bsz, D) each
+        """One token.  hidden: (Bsz, d_model) -> (Bsz, d_model); the layer's cache entries advance in place.
+        Between in_proj and out_proj (conv, x_proj, dt_proj, the state update, the gate) it is one op: two
+        kernels on the GPU at small batches."""
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (Bsz, D) each
         li = self.layer_idx
         y = ops.mamba1_mixer_step(x, z, cache.conv_states[li], self._conv_weight(), self.conv1d.bias,
                                   self.x_proj.weight, cache.ssm_states[li], self.neg_exp_A(), self.D,

@@ -77,12 +77,8 @@ class Mamba2Mixer(KeepSsmParamsFp32, nn.Module):
 
     def step(self, hidden: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
         """One token.  hidden: (Bsz, d_model) -> (Bsz, d_model); the layer's cache entries advance in place."""
-        return self.step_projected(self.in_proj(hidden), cache)
-
-    def step_projected(self, zxbcdt: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
-        """``step`` from in_proj's output (Bsz, d_inner + conv_dim + H)."""
-        bsz = zxbcdt.shape[0]
-        z, xbc, dt = self._split_in_proj(zxbcdt)
+        bsz = hidden.shape[0]
+        z, xbc, dt = self._split_in_proj(self.in_proj(hidden))
         xbc = ops.causal_conv1d_update(xbc, cache.conv_states[self.layer_idx], self._conv_weight(),
                                        self.conv1d.bias, activation="silu", backend=self.backend)
         x, B, C = self._split_xbc(xbc)

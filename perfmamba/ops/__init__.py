@@ -19,7 +19,7 @@ import torch
 
 from perfmamba.errors import PerfMambaError
 from perfmamba.ops.conv_ref import causal_conv1d_ref, causal_conv1d_update_ref
-from perfmamba.ops.decode_ref import add_rms_norm_linear_ref, mamba1_mixer_step_ref
+from perfmamba.ops.decode_ref import mamba1_mixer_step_ref
 from perfmamba.ops.norm_ref import add_rms_norm_ref, rms_norm_ref
 from perfmamba.ops.scan_chunked import selective_scan_chunked
 from perfmamba.ops.scan_ref import selective_scan_ref, selective_state_update_ref, ssd_loop_ref, ssd_ref
@@ -27,7 +27,7 @@ from perfmamba.ops.scan_ref import selective_scan_ref, selective_state_update_re
 BACKENDS = ("auto", "ref", "loop", "triton")
 
 __all__ = ["BACKENDS", "selective_scan", "ssd", "causal_conv1d", "causal_conv1d_update", "selective_state_update",
-           "rms_norm", "add_rms_norm", "add_rms_norm_linear", "mamba1_mixer_step", "resolve_backend",
+           "rms_norm", "add_rms_norm", "mamba1_mixer_step", "resolve_backend",
            "triton_available"]
 
 
@@ -175,28 +175,6 @@ def add_rms_norm(x, residual, weight, eps, residual_dtype=None, backend="auto"):
     which = resolve_backend(backend, x.device)
     fn = _triton_module().add_rms_norm_triton if which == "triton" else add_rms_norm_ref
     return fn(x, residual, weight, eps, residual_dtype=residual_dtype)
-
-
-def add_rms_norm_linear(x, residual, norm_weight, eps, weight, bias=None, residual_dtype=None, backend="auto"):
-    """``add_rms_norm`` followed by ``F.linear(normed, weight, bias)``: returns (projected, new residual).
-
-    A decode step's pre-norm and in_proj: x, residual (batch, dim); norm_weight (dim,); weight (out, dim).
-    On the GPU, up to 16 rows, one kernel (``triton/norm_linear.py``); otherwise the two ops.
-    """
-    dim = x.shape[-1]
-    if (x.dim() != 2 or tuple(norm_weight.shape) != (dim,) or weight.dim() != 2 or weight.shape[1] != dim
-            or (residual is not None and residual.shape != x.shape)):
-        raise _shape_error("add_rms_norm_linear", "x, residual (batch, dim); norm_weight (dim,); weight (out, dim)",
-                           dict(x=x, residual=residual, norm_weight=norm_weight, weight=weight))
-    which = resolve_backend(backend, x.device)
-    if which != "triton":
-        return add_rms_norm_linear_ref(x, residual, norm_weight, eps, weight, bias, residual_dtype=residual_dtype)
-    triton_ops = _triton_module()
-    if triton_ops.norm_linear_applies(x, residual, norm_weight, weight):
-        return triton_ops.add_rms_norm_linear_triton(x, residual, norm_weight, eps, weight, bias,
-                                                     residual_dtype=residual_dtype)
-    normed, r = triton_ops.add_rms_norm_triton(x, residual, norm_weight, eps, residual_dtype=residual_dtype)
-    return torch.nn.functional.linear(normed, weight, bias), r
 
 
 def mamba1_mixer_step(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, ssm_state, A, D, dt_proj_weight,

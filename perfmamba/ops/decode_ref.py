@@ -1,7 +1,7 @@
 """Fused decode-step ops in plain torch: each is the unfused sequence of reference ops it stands for.
 
-The Triton versions (``triton/norm_linear.py``, ``triton/mamba1_step.py``) do the same work in fewer
-kernels; these define what they must compute, and are what the CPU runs.
+The Triton version (``triton/mamba1_step.py``) does the same work in fewer kernels; this defines what
+it must compute, and is what the CPU runs.
 """
 
 from __future__ import annotations
@@ -10,14 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from perfmamba.ops.conv_ref import causal_conv1d_update_ref
-from perfmamba.ops.norm_ref import add_rms_norm_ref
 from perfmamba.ops.scan_ref import selective_state_update_ref
-
-
-def add_rms_norm_linear_ref(x, residual, norm_weight, eps, weight, bias=None, residual_dtype=None):
-    """(F.linear(rms_norm(r), weight, bias), r) with r = residual + x as in ``add_rms_norm_ref``."""
-    normed, r = add_rms_norm_ref(x, residual, norm_weight, eps, residual_dtype=residual_dtype)
-    return F.linear(normed, weight, bias), r
 
 
 def mamba1_mixer_step_ref(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, ssm_state, A, D,

@@ -67,7 +67,10 @@ def _conv_xproj_kernel(
 
 
 BLOCK_M = 16  # the rows of a tensor-core dot; decode batches up to 16 take one program row
-MAX_BATCH = 16  # larger batches: the unfused kernels (``perfmamba.ops.mamba1_mixer_step``)
+# Larger batches take the unfused kernels (``perfmamba.ops.mamba1_mixer_step``).  mamba-130m, H200, CUDA graph,
+# per token (2026-12-01): fused 557 / 561 / 569 / 622 / 701 us against 584 / 582 / 591 / 593 / 598 us
+# unfused at batch 1 / 2 / 4 / 8 / 16 (``docs/benchmarks/tuning-h200/decode-fused.txt``).
+MAX_BATCH = 4
 
 
 def mamba1_mixer_step_triton(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, ssm_state, A, D,

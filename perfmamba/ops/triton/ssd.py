@@ -21,6 +21,21 @@ C B^T become two dots into one accumulator, and each tile's state update is its 
 tile is a compile-time branch (BLOCK_N2 = 0: absent), so a power-of-two N compiles to the single-tile
 kernel.  In memory the states stay (Bsz, [S,] H, P, N); each tile reads and writes its own N range.
 
+Two layouts compute the same thing.  ``_ssd_fused_kernel`` (the default layout) has the T steps as the
+rows of C h, C B^T and scores x, and N as those of the state update B^T x.  Hopper's warpgroup MMA
+(wgmma) needs at least 64 rows, so at BLOCK_T = 32 three dots, and at N = 32 all four, fall back to the
+older mma.sync, with register shuffles between the dots' layouts.  ``_ssd_fused_t_kernel`` (the
+transposed layout; config[4] = True) keeps h (BLOCK_P, N) as it lies in memory and computes every product
+with the P channels (64) as rows:
+
+    y^T   = (h C^T) * exp(acum_t) + x^T scores^T,   scores^T[s, t] = (B_s . C_t) exp(acum_t - acum_s) dt_s [s <= t]
+    h    <- exp(acum_T) h + x^T (B * exp(acum_T - acum_s) dt_s)
+
+so the three dots with P in them are 64-row wgmma for any N (the (T, T) B C^T is the only small one).
+x^T, C^T, y^T, z^T are addressed transposed; the per-step weights go on the right operands, which wgmma
+reads from shared memory anyway.  It is fastest at BLOCK_T = 64 (see ``_ssd_configs``), where Triton 3.6
+miscompiles state tiles narrower than 64, so ``transposed_tiles`` widens them there (N = 32 runs as 64).
+
 ``chunk_size`` only sets the chunk granularity of the reference algorithm; it changes rounding, not the
 result, so the kernel uses its own BLOCK_T (a power of two <= chunk_size).  16-bit inputs feed 16-bit
 operands to the dots (the state and the decay-weighted scores are rounded to the input dtype, as in
@@ -38,6 +53,25 @@ import triton.language as tl
 
 from perfmamba.ops.triton.selective_scan import (asm_flags, exp2_decay, interpreting, next_pow2, pick_config,
                                                  silu_act, softplus_act)
+
+
+@triton.jit
+def _chunk_dt(dt_ptrs, t_mask, is_last, A2, dt_bias, dt_min, dt_max, HAS_DT_BIAS: tl.constexpr,
+              SOFTPLUS: tl.constexpr, CLAMP_DT: tl.constexpr, FAST_ACT: tl.constexpr):
+    """(dt, acum, a_end) of one chunk: the step sizes (T,), the log2 decay from the chunk start to each step
+    (T,) and over the whole chunk (a scalar); A2 is A * log2 e."""
+    dt = tl.load(dt_ptrs, mask=t_mask, other=0.0).to(tl.float32)
+    if HAS_DT_BIAS:
+        dt = dt + dt_bias
+    if SOFTPLUS:
+        dt = softplus_act(dt, FAST_ACT)
+    if CLAMP_DT:
+        dt = tl.minimum(tl.maximum(dt, dt_min), dt_max)
+    # steps past L: dt = 0, so they neither decay nor feed the state
+    dt = tl.where(t_mask, dt, 0.0)
+    acum = tl.cumsum(dt * A2, axis=0)
+    a_end = tl.sum(tl.where(is_last, acum, 0.0), axis=0)
+    return dt, acum, a_end
 
 
 @triton.jit
@@ -92,8 +126,7 @@ def _ssd_fused_kernel(
 
     # exp(x) is computed as exp2(x * log2 e): fold log2 e into A once.
     A2 = tl.load(A_ptr + head).to(tl.float32) * 1.4426950408889634
-    if HAS_DT_BIAS:
-        dt_bias = tl.load(dtb_ptr + head).to(tl.float32)
+    dt_bias = tl.load(dtb_ptr + head).to(tl.float32) if HAS_DT_BIAS else 0.0
     if HAS_D:
         d_skip = tl.load(D_ptr + head * s_dh + offs_p * s_dp, mask=p_mask, other=0.0).to(tl.float32)
 
@@ -125,17 +158,8 @@ def _ssd_fused_kernel(
     for c0 in range(l_begin, l_end, BLOCK_T):
         t = c0 + offs_t
         t_mask = t < l_end
-        dt = tl.load(dt_base + t * s_tl, mask=t_mask, other=0.0).to(tl.float32)  # (T,)
-        if HAS_DT_BIAS:
-            dt = dt + dt_bias
-        if SOFTPLUS:
-            dt = softplus_act(dt, FAST_ACT)
-        if CLAMP_DT:
-            dt = tl.minimum(tl.maximum(dt, dt_min), dt_max)
-        # steps past L: dt = 0, so they neither decay nor feed the state
-        dt = tl.where(t_mask, dt, 0.0)
-        acum = tl.cumsum(dt * A2, axis=0)  # (T,) log2 of the decay from the chunk start to t
-        a_end = tl.sum(tl.where(is_last, acum, 0.0), axis=0)  # log2 decay over the whole chunk
+        dt, acum, a_end = _chunk_dt(dt_base + t * s_tl, t_mask, is_last, A2, dt_bias, dt_min, dt_max,
+                                    HAS_DT_BIAS, SOFTPLUS, CLAMP_DT, FAST_ACT)
 
         tp_mask = t_mask[:, None] & p_mask[None, :]
         x = tl.load(x_base + t[:, None] * s_xl, mask=tp_mask, other=0.0)  # (T, BLOCK_P) input dtype
@@ -191,6 +215,140 @@ def _ssd_fused_kernel(
         tl.store(asum_ptr + b * s_ab + seg * s_as + head, a_total, mask=pid_p == 0)
 
 
+@triton.jit
+def _ssd_fused_t_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, h0_ptr, y_ptr, hT_ptr, asum_ptr,
+    L, H, P, HEADS_PER_GROUP, dt_min, dt_max, SEG,
+    s_xb, s_xl, s_xh, s_xp, s_tb, s_tl, s_th, s_bb, s_bl, s_bg, s_bn, s_cb, s_cl, s_cg, s_cn, s_dh, s_dp,
+    s_zb, s_zl, s_zh, s_zp, s_ib, s_is, s_ih, s_ip, s_in, s_yb, s_yl, s_yh, s_yp, s_fb, s_fs, s_fh, s_fp, s_fn,
+    s_ab, s_as,  # the same arguments as _ssd_fused_kernel
+    N: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    CLAMP_DT: tl.constexpr, HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, STATES_ONLY: tl.constexpr,
+    SPLIT: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr,
+    PRECISION: tl.constexpr, ASM: tl.constexpr, FAST_ACT: tl.constexpr,
+):
+    # The transposed layout: every tile has the P channels as rows, so the three dots with P in them have
+    # BLOCK_P (64) rows, the M of one Hopper warpgroup MMA, whatever N is (see the module doc).
+    pid_bh = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    seg = tl.program_id(2)
+    if SPLIT:  # as in _ssd_fused_kernel: constant bounds unless split
+        l_begin = seg * SEG * BLOCK_T
+        l_end = tl.minimum(l_begin + SEG * BLOCK_T, L)
+    else:
+        l_begin = 0
+        l_end = L
+    b = pid_bh // H
+    head = pid_bh % H
+    grp = head // HEADS_PER_GROUP
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = offs_p < P
+    offs_n = tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    offs_t = tl.arange(0, BLOCK_T)
+    pn_mask = p_mask[:, None] & n_mask[None, :]  # (BLOCK_P, BLOCK_N)
+    if BLOCK_N2 > 0:
+        offs_n2 = BLOCK_N + tl.arange(0, BLOCK_N2)
+        n_mask2 = offs_n2 < N
+        pn_mask2 = p_mask[:, None] & n_mask2[None, :]
+
+    A2 = tl.load(A_ptr + head).to(tl.float32) * 1.4426950408889634
+    dt_bias = tl.load(dtb_ptr + head).to(tl.float32) if HAS_DT_BIAS else 0.0
+    if HAS_D:
+        d_skip = tl.load(D_ptr + head * s_dh + offs_p * s_dp, mask=p_mask, other=0.0).to(tl.float32)
+
+    # h^T: the running state as it lies in memory, BLOCK_P x N, fp32
+    if HAS_INIT:
+        h0_base = h0_ptr + b * s_ib + seg * s_is + head * s_ih + offs_p[:, None] * s_ip
+        h = tl.load(h0_base + offs_n[None, :] * s_in, mask=pn_mask, other=0.0).to(tl.float32)
+        if BLOCK_N2 > 0:
+            h2 = tl.load(h0_base + offs_n2[None, :] * s_in, mask=pn_mask2, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+        if BLOCK_N2 > 0:
+            h2 = tl.zeros((BLOCK_P, BLOCK_N2), dtype=tl.float32)
+
+    # x^T, z^T, y^T are (BLOCK_P, T) and C^T (N, T) tiles addressed transposed (P, N contiguous in memory);
+    # B is read as it lies, (T, N), the state update's right operand.  Every per-step weight goes on a right
+    # operand (scores, B), never on x^T: x^T then feeds both of its dots straight from the shared-memory
+    # buffer its pipelined load lands in (scaling it in registers first made Triton 3.6 load it without
+    # pipelining, and convert it through shared memory twice per chunk)
+    x_base = x_ptr + b * s_xb + head * s_xh + offs_p[:, None] * s_xp  # + t[None, :] * s_xl
+    y_base = y_ptr + b * s_yb + head * s_yh + offs_p[:, None] * s_yp
+    dt_base = dt_ptr + b * s_tb + head * s_th
+    B_base = B_ptr + b * s_bb + grp * s_bg + offs_n[None, :] * s_bn  # (T, N)
+    C_base = C_ptr + b * s_cb + grp * s_cg + offs_n[:, None] * s_cn  # (N, T)
+    if BLOCK_N2 > 0:
+        B2_base = B_ptr + b * s_bb + grp * s_bg + offs_n2[None, :] * s_bn
+        C2_base = C_ptr + b * s_cb + grp * s_cg + offs_n2[:, None] * s_cn
+    if HAS_Z:
+        z_base = z_ptr + b * s_zb + head * s_zh + offs_p[:, None] * s_zp
+    causal = offs_t[:, None] <= offs_t[None, :]  # (s, t): s <= t
+    is_last = offs_t == BLOCK_T - 1
+
+    a_total = 0.0
+    for c0 in range(l_begin, l_end, BLOCK_T):
+        t = c0 + offs_t
+        t_mask = t < l_end
+        dt, acum, a_end = _chunk_dt(dt_base + t * s_tl, t_mask, is_last, A2, dt_bias, dt_min, dt_max,
+                                    HAS_DT_BIAS, SOFTPLUS, CLAMP_DT, FAST_ACT)
+
+        pt_mask = p_mask[:, None] & t_mask[None, :]
+        xt = tl.load(x_base + t[None, :] * s_xl, mask=pt_mask, other=0.0)  # (BLOCK_P, T) input dtype
+        Bc = tl.load(B_base + t[:, None] * s_bl, mask=t_mask[:, None] & n_mask[None, :], other=0.0).to(xt.dtype)
+        if not STATES_ONLY:
+            Ct = tl.load(C_base + t[None, :] * s_cl, mask=n_mask[:, None] & t_mask[None, :], other=0.0).to(xt.dtype)
+        if BLOCK_N2 > 0:
+            Bc2 = tl.load(B2_base + t[:, None] * s_bl, mask=t_mask[:, None] & n_mask2[None, :],
+                          other=0.0).to(xt.dtype)
+            if not STATES_ONLY:
+                Ct2 = tl.load(C2_base + t[None, :] * s_cl, mask=n_mask2[:, None] & t_mask[None, :],
+                              other=0.0).to(xt.dtype)
+
+        if not STATES_ONLY:
+            # entering state: (BLOCK_P, N) @ (N, T), each column t scaled by the decay up to t
+            y = tl.dot(h.to(xt.dtype), Ct, input_precision=PRECISION)
+            if BLOCK_N2 > 0:
+                y = tl.dot(h2.to(xt.dtype), Ct2, acc=y, input_precision=PRECISION)
+            y = y * exp2_decay(acum, ASM)[None, :]
+            # the chunk itself: y^T += x^T scores^T, scores^T[s, t] = (B_s . C_t) exp2(acum_t - acum_s) dt_s for
+            # s <= t; B C^T is computed already transposed, so the scores are the right operand as they are
+            cb = tl.dot(Bc, Ct, input_precision=PRECISION)  # (T, T) fp32, [s, t]
+            if BLOCK_N2 > 0:
+                cb = tl.dot(Bc2, Ct2, acc=cb, input_precision=PRECISION)
+            decay = tl.where(causal, acum[None, :] - acum[:, None], -float("inf"))
+            scores = cb * exp2_decay(decay, ASM) * dt[:, None]
+            y = tl.dot(xt, scores.to(xt.dtype), acc=y, input_precision=PRECISION)
+        else:
+            a_total += a_end
+        # leaving state: h^T <- decay h^T + x^T (w B), w_s = dt_s exp2(a_end - acum_s) on the rows of B
+        w = exp2_decay(a_end - acum, ASM) * dt
+        Bw = (Bc.to(tl.float32) * w[:, None]).to(xt.dtype)  # (T, N)
+        chunk_decay = exp2_decay(a_end, ASM)
+        h = tl.dot(xt, Bw, acc=h * chunk_decay, input_precision=PRECISION)
+        if BLOCK_N2 > 0:
+            Bw2 = (Bc2.to(tl.float32) * w[:, None]).to(xt.dtype)
+            h2 = tl.dot(xt, Bw2, acc=h2 * chunk_decay, input_precision=PRECISION)
+
+        if not STATES_ONLY:
+            if HAS_D:
+                y += xt.to(tl.float32) * d_skip[:, None]
+            if HAS_Z:
+                zt = tl.load(z_base + t[None, :] * s_zl, mask=pt_mask, other=0.0).to(tl.float32)
+                y = y * silu_act(zt, FAST_ACT)
+            tl.store(y_base + t[None, :] * s_yl, y.to(y_ptr.dtype.element_ty), mask=pt_mask)
+
+    if STORE_FINAL:
+        hT_base = hT_ptr + b * s_fb + seg * s_fs + head * s_fh + offs_p[:, None] * s_fp
+        tl.store(hT_base + offs_n[None, :] * s_fn, h, mask=pn_mask)
+        if BLOCK_N2 > 0:
+            tl.store(hT_base + offs_n2[None, :] * s_fn, h2, mask=pn_mask2)
+    if STATES_ONLY:
+        tl.store(asum_ptr + b * s_ab + seg * s_as + head, a_total, mask=pid_p == 0)
+
+
 def state_tiles(n_state: int) -> tuple[int, int]:
     """(BLOCK_N, BLOCK_N2): the power-of-two state tiles covering N states; BLOCK_N2 = 0 for one tile.
 
@@ -208,11 +366,37 @@ def state_tiles(n_state: int) -> tuple[int, int]:
     return (first, second) if first + second < one else (one, 0)
 
 
+def transposed_tiles(n_state: int, block_t: int) -> tuple[int, int]:
+    """``state_tiles`` for the transposed kernel: with BLOCK_T > 32 no state tile is narrower than BLOCK_T.
+
+    Measured on an H200 with Triton 3.6 (2026-12-01): at BLOCK_T = 64 and 4 warps a state tile narrower
+    than 64 (N = 16, 32, and the 32 / 16 second tiles of 96, 80, 40) compiles to a wrong y or an illegal
+    address, while tiles of 64 and 128 are right, and fast (N = 64: 0.19 ms against 0.21 for the best
+    default-layout config; N = 128: 0.24 against 0.31).  So narrower tiles are widened to BLOCK_T (the
+    extra states are masked off: zero), and two tiles become one when that is no more states.
+    """
+    first, second = state_tiles(n_state)
+    if block_t <= 32 or min(first, second or first) >= block_t:
+        return first, second
+    one = max(block_t, next_pow2(n_state))
+    if second == 0 or max(first, block_t) + block_t >= one:
+        return one, 0
+    return max(first, block_t), block_t
+
+
 def _ssd_configs(headdim: int, n_state: int, chunk_size: int):
-    """Candidate (BLOCK_T, BLOCK_P, num_warps, num_stages), the default first.
+    """Candidate (BLOCK_T, BLOCK_P, num_warps, num_stages[, TRANSPOSED]), the default first.
 
     A short BLOCK_T keeps the quadratic in-chunk work (T^2 (N + P) per chunk) small next to the state
     products (T N P); the fp32 state tile N x BLOCK_P in registers bounds BLOCK_P.
+
+    The transposed layout (a fifth element True: ``_ssd_fused_t_kernel``) is offered at BLOCK_T = 64 only,
+    and first when BLOCK_P = 64.  On an H200 (Triton 3.6, bf16, 2026-12-01; scratch/ssd_t_sweep.py) at
+    B=8, L=4096, H=24, P=64 its (64, 64, 4, 2) took 0.232 / 0.234 / 0.190 / 0.190 / 0.188 ms at N = 128 /
+    96 / 64 / 32 / 16, against 0.301 / 0.255 / 0.209 / 0.217 / 0.194 for the best default-layout config
+    (and also won at batch 1, L=16384, split-L, and at P=128), while at BLOCK_T = 32 it was 5-45% slower
+    than the default layout for every N.  With BLOCK_P < 64 its tiles are below the warpgroup MMA's 64
+    rows, so it is only a late candidate there (not measured).
     """
     block_p = max(16, min(64, next_pow2(headdim)))
     t_max = max(16, next_pow2(chunk_size) if chunk_size & (chunk_size - 1) == 0 else next_pow2(chunk_size) // 2)
@@ -223,6 +407,10 @@ def _ssd_configs(headdim: int, n_state: int, chunk_size: int):
              (min(16, t_max), block_p, 4, 2), (t32, block_p, 8, 2)]
     if block_p >= 32:  # twice the programs (each head's C B^T is then computed twice)
         cands.append((t32, block_p // 2, 4, 2))
+    if t_max >= 64:  # the transposed layout wins at BLOCK_T = 64 only, with 64-row tiles (BLOCK_P = 64)
+        cands += [(64, block_p, 4, 2, True), (64, block_p, 4, 3, True)]
+        if block_p >= 64:
+            cands.insert(0, cands.pop(-2))
     return list(dict.fromkeys(cands))
 
 
@@ -233,8 +421,9 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
     x, z: (Bsz, L, H, P); dt: (Bsz, L, H); A: (H,); B, C: (Bsz, L, G, N); D: (H,) or (H, P);
     dt_bias: (H,); initial_states: (Bsz, H, P, N).  Returns y (Bsz, L, H, P) in x's dtype and, with
     return_final_states, the final state (Bsz, H, P, N) in fp32.  ``out`` may receive y (tests pre-fill
-    it with NaN); ``config`` = (BLOCK_T, BLOCK_P, num_warps, num_stages) overrides the choice for tuning;
-    ``splits`` the number of sequence segments run in parallel (default: enough to fill the GPU).
+    it with NaN); ``config`` = (BLOCK_T, BLOCK_P, num_warps, num_stages[, TRANSPOSED]) overrides the choice
+    for tuning (TRANSPOSED, default False, picks ``_ssd_fused_t_kernel``); ``splits`` the number of sequence
+    segments run in parallel (default: enough to fill the GPU).
     """
     from perfmamba.ops.triton import split as split_l
     bsz, seqlen, nheads, headdim = x.shape
@@ -263,9 +452,10 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
         d_strides = (0, 0)
     zz = z if z is not None else x
 
-    def kernel(cfg, grid, seg, h_in, h_out, a_sums, states_only):
-        block_t, block_p, num_warps, num_stages = cfg
-        _ssd_fused_kernel[grid](
+    def kernel(cfg, tiles, grid, seg, h_in, h_out, a_sums, states_only):
+        block_t, block_p, num_warps, num_stages = cfg[:4]
+        fn = _ssd_fused_t_kernel if len(cfg) > 4 and cfg[4] else _ssd_fused_kernel
+        fn[grid](
             x, dt, A, B, C, D if D is not None else x, zz, dt_bias if dt_bias is not None else x,
             h_in if h_in is not None else x, y, h_out if h_out is not None else x,
             a_sums if a_sums is not None else x,
@@ -276,7 +466,7 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
             N=n_state, HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None,
             SOFTPLUS=bool(dt_softplus), CLAMP_DT=clamp, HAS_INIT=h_in is not None,
             STORE_FINAL=h_out is not None, STATES_ONLY=states_only, SPLIT=grid[2] > 1,
-            BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_N2=block_n2,
+            BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=tiles[0], BLOCK_N2=tiles[1],
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             **asm_flags(x),
             num_warps=num_warps, num_stages=num_stages,
@@ -284,9 +474,10 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
 
     def launch(cfg):
         block_t, block_p = cfg[0], cfg[1]
+        tiles = transposed_tiles(n_state, block_t) if len(cfg) > 4 and cfg[4] else (block_n, block_n2)
         # a head's decay over a segment is one number, exp2 of its summed log2 decay (no coefficient)
         split_l.run_segmented(
-            functools.partial(kernel, cfg),
+            functools.partial(kernel, cfg, tiles),
             (bsz * nheads, triton.cdiv(headdim, block_p)), bsz, seqlen, block_t, x.device, splits,
             (nheads, headdim, n_state), init=initial_states, final=final)
 
