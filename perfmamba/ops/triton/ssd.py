@@ -371,8 +371,8 @@ def transposed_tiles(n_state: int, block_t: int) -> tuple[int, int]:
 
     Measured on an H200 with Triton 3.6 (2026-12-01): at BLOCK_T = 64 and 4 warps a state tile narrower
     than 64 (N = 16, 32, and the 32 / 16 second tiles of 96, 80, 40) compiles to a wrong y or an illegal
-    address, while tiles of 64 and 128 are right, and fast (N = 64: 0.19 ms against 0.21 for the best
-    default-layout config; N = 128: 0.24 against 0.31).  So narrower tiles are widened to BLOCK_T (the
+    address, while tiles of 64 and 128 are right, and fast (N = 64: 0.190 ms against 0.209 for the best
+    default-layout config; N = 128: 0.232 against 0.301).  So narrower tiles are widened to BLOCK_T (the
     extra states are masked off: zero), and two tiles become one when that is no more states.
     """
     first, second = state_tiles(n_state)
@@ -395,8 +395,9 @@ def _ssd_configs(headdim: int, n_state: int, chunk_size: int):
     B=8, L=4096, H=24, P=64 its (64, 64, 4, 2) took 0.232 / 0.234 / 0.190 / 0.190 / 0.188 ms at N = 128 /
     96 / 64 / 32 / 16, against 0.301 / 0.255 / 0.209 / 0.217 / 0.194 for the best default-layout config
     (and also won at batch 1, L=16384, split-L, and at P=128), while at BLOCK_T = 32 it was 5-45% slower
-    than the default layout for every N.  With BLOCK_P < 64 its tiles are below the warpgroup MMA's 64
-    rows, so it is only a late candidate there (not measured).
+    than the default layout for every N.  With BLOCK_P < 64 (head dims up to 32) its tiles are below the
+    warpgroup MMA's 64 rows and it was neither measured nor checked on a GPU for the miscompile that
+    ``transposed_tiles`` works around, so it is not offered there (``ssd_triton(config=...)`` still runs it).
     """
     block_p = max(16, min(64, next_pow2(headdim)))
     t_max = max(16, next_pow2(chunk_size) if chunk_size & (chunk_size - 1) == 0 else next_pow2(chunk_size) // 2)
@@ -407,10 +408,8 @@ def _ssd_configs(headdim: int, n_state: int, chunk_size: int):
              (min(16, t_max), block_p, 4, 2), (t32, block_p, 8, 2)]
     if block_p >= 32:  # twice the programs (each head's C B^T is then computed twice)
         cands.append((t32, block_p // 2, 4, 2))
-    if t_max >= 64:  # the transposed layout wins at BLOCK_T = 64 only, with 64-row tiles (BLOCK_P = 64)
-        cands += [(64, block_p, 4, 2, True), (64, block_p, 4, 3, True)]
-        if block_p >= 64:
-            cands.insert(0, cands.pop(-2))
+    if t_max >= 64 and block_p >= 64:  # the transposed layout: measured, and fastest, at BLOCK_T = BLOCK_P = 64
+        cands = [(64, block_p, 4, 2, True)] + cands + [(64, block_p, 4, 3, True)]
     return list(dict.fromkeys(cands))
 
 
