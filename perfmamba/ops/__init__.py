@@ -182,7 +182,7 @@ def mamba1_mixer_step(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, s
     """Mamba-1's decode step between in_proj and out_proj (``mamba1_mixer_step_ref``): x, z (batch, D);
     conv_state (batch, D, W) and ssm_state (batch, D, N), updated in place; conv_weight (D, W); x_proj_weight
     (R + 2N, D); A (D, N); dt_proj_weight (D, R).  Returns the gated y (batch, D).  On the GPU, two kernels
-    instead of four (``triton/mamba1_step.py``)."""
+    instead of three up to batch ``mamba1_step.MAX_BATCH`` (``triton/mamba1_step.py``), the three beyond."""
     bsz, dim = x.shape if x.dim() == 2 else (None, None)
     n_state = ssm_state.shape[-1] if ssm_state.dim() == 3 else None
     rank = dt_proj_weight.shape[-1] if dt_proj_weight.dim() == 2 else None

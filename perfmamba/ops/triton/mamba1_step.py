@@ -1,4 +1,4 @@
-"""Mamba-1's decode step between in_proj and out_proj in two Triton kernels instead of four.
+"""Mamba-1's decode step between in_proj and out_proj in two Triton kernels instead of three.
 
 Unfused, a token's mixer runs the conv update, x_proj (cuBLAS), the state update (with dt_proj inside)
 and their launches in a row; at batch 1 each kernel costs a few microseconds, whatever it computes.
