@@ -86,6 +86,7 @@ def test_transposed_candidates(monkeypatch):
         assert sum(len(cfg) == 4 for cfg in cands) == len(cands) - 2, n
     assert not any(len(cfg) > 4 for cfg in ssd_mod._ssd_configs(32, 32, 256))  # head dim 32: BLOCK_P 32
     assert not any(len(cfg) > 4 for cfg in ssd_mod._ssd_configs(64, 32, 32))  # chunk 32: BLOCK_T <= 32
+    assert not any(len(cfg) > 4 for cfg in ssd_mod._ssd_configs(64, 200, 256))  # past 128 states
 
 
 def test_transposed_tiles():

@@ -397,7 +397,8 @@ def _ssd_configs(headdim: int, n_state: int, chunk_size: int):
     (and also won at batch 1, L=16384, split-L, and at P=128), while at BLOCK_T = 32 it was 5-45% slower
     than the default layout for every N.  With BLOCK_P < 64 (head dims up to 32) its tiles are below the
     warpgroup MMA's 64 rows and it was neither measured nor checked on a GPU for the miscompile that
-    ``transposed_tiles`` works around, so it is not offered there (``ssd_triton(config=...)`` still runs it).
+    ``transposed_tiles`` works around, so it is not offered there, nor past 128 states, where a 64 x 256
+    fp32 state tile was not measured either (``ssd_triton(config=...)`` still runs it).
     """
     block_p = max(16, min(64, next_pow2(headdim)))
     t_max = max(16, next_pow2(chunk_size) if chunk_size & (chunk_size - 1) == 0 else next_pow2(chunk_size) // 2)
@@ -408,7 +409,8 @@ def _ssd_configs(headdim: int, n_state: int, chunk_size: int):
              (min(16, t_max), block_p, 4, 2), (t32, block_p, 8, 2)]
     if block_p >= 32:  # twice the programs (each head's C B^T is then computed twice)
         cands.append((t32, block_p // 2, 4, 2))
-    if t_max >= 64 and block_p >= 64:  # the transposed layout: measured, and fastest, at BLOCK_T = BLOCK_P = 64
+    # the transposed layout where it was measured, and fastest: BLOCK_T = BLOCK_P = 64, up to 128 states
+    if t_max >= 64 and block_p >= 64 and n_state <= 128:
         cands = [(64, block_p, 4, 2, True)] + cands + [(64, block_p, 4, 3, True)]
     return list(dict.fromkeys(cands))
 
