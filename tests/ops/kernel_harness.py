@@ -78,3 +78,17 @@ def rel_err(out, ref):
 def poisoned_like(t):
     """A NaN-filled tensor with t's shape and strides (every element the kernel must overwrite)."""
     return torch.full_like(t, float("nan"), memory_format=torch.preserve_format)
+
+
+def count_state_passing(monkeypatch):
+    """Record each split-L state-passing pass (the shape of its h_out) in the returned list."""
+    from perfmamba.ops.triton import split as split_l
+    passes = []
+    real = split_l.state_passing
+
+    def counting(h_out, *args, **kwargs):
+        passes.append(h_out.shape)
+        return real(h_out, *args, **kwargs)
+
+    monkeypatch.setattr(split_l, "state_passing", counting)
+    return passes

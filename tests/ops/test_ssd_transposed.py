@@ -11,11 +11,10 @@ compiled kernels.
 
 import pytest
 import torch
-from kernel_harness import CUDA, interpreted, interpreter_env, rel_err  # noqa: F401
+from kernel_harness import CUDA, count_state_passing, interpreted, interpreter_env, rel_err  # noqa: F401
 from test_ssd_two_tiles import make_case
 
 from perfmamba.ops.scan_ref import ssd_loop_ref
-from perfmamba.ops.triton import split as split_l
 from perfmamba.ops.triton import ssd as ssd_mod
 from perfmamba.ops.triton.ssd import _ssd_configs, ssd_triton
 
@@ -51,14 +50,7 @@ class TestTransposedInterpreted:
     def test_split_sequence(self, monkeypatch, n, groups, has_init):
         # splits=3: the states-only pass, state passing, and the rerun from the passed states all take the
         # transposed kernel (segments of 32 steps, the last one 6)
-        passes = []
-        real = split_l.state_passing
-
-        def counting(h_out, *args, **kwargs):
-            passes.append(h_out.shape)
-            return real(h_out, *args, **kwargs)
-
-        monkeypatch.setattr(split_l, "state_passing", counting)
+        passes = count_state_passing(monkeypatch)
         c = make_case(1, 70, 2, 16, groups, n, "hp", True, has_init, seed=n + 7)
         check(c, 1e-5, T16, splits=3)
         assert len(passes) == 1 and passes[0][1] == 3

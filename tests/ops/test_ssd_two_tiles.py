@@ -8,10 +8,9 @@ with CUDA the interpreted tests skip and the GPU ones run the compiled kernels.
 
 import pytest
 import torch
-from kernel_harness import CUDA, interpreted, interpreter_env, ops, rel_err  # noqa: F401
+from kernel_harness import CUDA, count_state_passing, interpreted, interpreter_env, ops, rel_err  # noqa: F401
 
 from perfmamba.ops.scan_ref import ssd_ref
-from perfmamba.ops.triton import split as split_l
 from perfmamba.ops.triton.selective_scan import next_pow2
 from perfmamba.ops.triton.ssd import _ssd_configs, ssd_triton, state_tiles
 
@@ -105,14 +104,7 @@ class TestTwoTilesInterpreted:
     def test_split_sequence(self, monkeypatch, n, groups, seqlen, bsz, splits, has_init):
         # an explicit splits= runs the three split-L passes even under the interpreter (pick_splits, which
         # says 1 there, is not asked): the state-passing pass must run, with each segment's two tiles
-        passes = []
-        real = split_l.state_passing
-
-        def counting(h_out, *args, **kwargs):
-            passes.append(h_out.shape)
-            return real(h_out, *args, **kwargs)
-
-        monkeypatch.setattr(split_l, "state_passing", counting)
+        passes = count_state_passing(monkeypatch)
         c = make_case(bsz, seqlen, 2, 16, groups, n, "hp", True, has_init, seed=splits * 100 + n)
         check(c, 64, 1e-5, splits=splits)
         assert len(passes) == 1 and passes[0][1] > 1 and passes[0][-1] == n

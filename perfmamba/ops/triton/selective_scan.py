@@ -115,6 +115,21 @@ _SPIN_CYCLES_PER_MS = 2_000_000
 
 
 @triton.jit
+def segment_bounds(seg, SEG, L, BLOCK: tl.constexpr, SPLIT: tl.constexpr):
+    """(begin, end) of the steps one program walks: segment ``seg`` of SEG tiles of BLOCK steps in split-L
+    mode, otherwise the whole sequence.  Without splits the bounds are plainly (0, L): runtime bounds
+    measurably raise register pressure (spills in the SSD at N = 128), so the split case is its own
+    specialization."""
+    if SPLIT:
+        begin = seg * SEG * BLOCK
+        end = tl.minimum(begin + SEG * BLOCK, L)
+    else:
+        begin = 0
+        end = L
+    return begin, end
+
+
+@triton.jit
 def softplus(x):
     # torch's softplus with its default threshold 20 (above it, log(1 + e^x) == x in fp32)
     return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
@@ -213,14 +228,7 @@ def _selective_scan_kernel(
     pid_bg = tl.program_id(0)
     pid_d = tl.program_id(1)
     seg = tl.program_id(2)  # which segment of the sequence (split-L mode; 0 otherwise)
-    # SEG counts whole tiles; without splits the loop bounds are plainly (0, L), as runtime bounds cost
-    # registers (see ssd.py)
-    if SPLIT:
-        l_begin = seg * SEG * BLOCK_L
-        l_end = tl.minimum(l_begin + SEG * BLOCK_L, L)
-    else:
-        l_begin = 0
-        l_end = L
+    l_begin, l_end = segment_bounds(seg, SEG, L, BLOCK_L, SPLIT)  # SEG counts whole tiles
     b = pid_bg // G
     g = pid_bg % G
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # channel inside the group

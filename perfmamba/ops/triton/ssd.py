@@ -52,7 +52,17 @@ import triton
 import triton.language as tl
 
 from perfmamba.ops.triton.selective_scan import (asm_flags, exp2_decay, interpreting, next_pow2, pick_config,
-                                                 silu_act, softplus_act)
+                                                 segment_bounds, silu_act, softplus_act)
+
+
+@triton.jit
+def _head_block(pid_bh, pid_p, H, P, HEADS_PER_GROUP, BLOCK_P: tl.constexpr):
+    """(batch row, head, B/C group, channel offsets, their mask) of the program (pid_bh, pid_p)."""
+    b = pid_bh // H
+    head = pid_bh % H
+    grp = head // HEADS_PER_GROUP
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    return b, head, grp, offs_p, offs_p < P
 
 
 @triton.jit
@@ -100,19 +110,8 @@ def _ssd_fused_kernel(
     pid_bh = tl.program_id(0)
     pid_p = tl.program_id(1)
     seg = tl.program_id(2)  # which segment of the sequence (split-L mode; 0 otherwise)
-    # SEG counts whole tiles.  Without splits the loop bounds are plainly (0, L): runtime bounds measurably
-    # raise register pressure (spills at N = 128), so the split case gets its own specialization.
-    if SPLIT:
-        l_begin = seg * SEG * BLOCK_T
-        l_end = tl.minimum(l_begin + SEG * BLOCK_T, L)
-    else:
-        l_begin = 0
-        l_end = L
-    b = pid_bh // H
-    head = pid_bh % H
-    grp = head // HEADS_PER_GROUP
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_mask = offs_p < P
+    l_begin, l_end = segment_bounds(seg, SEG, L, BLOCK_T, SPLIT)  # SEG counts whole tiles
+    b, head, grp, offs_p, p_mask = _head_block(pid_bh, pid_p, H, P, HEADS_PER_GROUP, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     offs_t = tl.arange(0, BLOCK_T)
@@ -234,17 +233,8 @@ def _ssd_fused_t_kernel(
     pid_bh = tl.program_id(0)
     pid_p = tl.program_id(1)
     seg = tl.program_id(2)
-    if SPLIT:  # as in _ssd_fused_kernel: constant bounds unless split
-        l_begin = seg * SEG * BLOCK_T
-        l_end = tl.minimum(l_begin + SEG * BLOCK_T, L)
-    else:
-        l_begin = 0
-        l_end = L
-    b = pid_bh // H
-    head = pid_bh % H
-    grp = head // HEADS_PER_GROUP
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_mask = offs_p < P
+    l_begin, l_end = segment_bounds(seg, SEG, L, BLOCK_T, SPLIT)
+    b, head, grp, offs_p, p_mask = _head_block(pid_bh, pid_p, H, P, HEADS_PER_GROUP, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     offs_t = tl.arange(0, BLOCK_T)
