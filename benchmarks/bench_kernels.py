@@ -5,7 +5,7 @@ when ``import mamba_ssm`` works; it is never a dependency).
 
 Workloads (bf16 inputs, fp32 state):
   * Mamba-1 selective scan, B=8, L=2048, D=1536, N in {16, 8}, with D, z, delta_bias, softplus;
-  * Mamba-2 SSD, B=8, L=4096, H=24, P=64, G=1, N in {128, 96, 64, 32}, chunk 256, with D, dt_bias, softplus;
+  * Mamba-2 SSD, B=8, L=4096, H=24, P=64, G=1, N in {128, 96, 64, 32, 16}, chunk 256, with D, dt_bias, softplus;
   * batch 1, L=16384: split-L against one sequential walk;
   * the Mamba-1 scan on channels-last inputs (the step kernel) against the tile kernel, three shapes.
 
@@ -147,7 +147,7 @@ def run_main(records, copy_bw):
             rec["mamba_ssm_ms"] = bench(lambda: ms_fns[0](u, delta, A, B, C, kw["D"], kw["z"], kw["delta_bias"],
                                                           delta_softplus=True))
         records.append(rec)
-    for n_state in (128, 96, 64, 32):
+    for n_state in (128, 96, 64, 32, 16):
         args, kw = ssd_inputs(n_state)
         ssd(*args, **kw, backend="triton")  # compile and pick the tile configuration first
         torch.cuda.synchronize()

@@ -3,7 +3,7 @@
 It is chosen by a fifth config element True, so each test passes ``config=`` (under the interpreter the
 autotuner takes its single interpreter candidate, the default layout).  Checked against the step-by-step reference
 ``ssd_loop_ref``, whole and split-L, with y pre-filled with NaN: one and two state tiles (7, 16, 32: one;
-40 = 32 + 16, 96 = 64 + 32: two), lengths that are not multiples of BLOCK_T, one and two groups, D of
+40 = 32 + 16, 96 = 64 + 32: two; at BLOCK_T = 64 see ``transposed_tiles``), lengths that are not multiples of BLOCK_T, one and two groups, D of
 shape (H,) and (H, P), with and without z and an initial state.  Without CUDA the kernels run in the
 Triton interpreter on small CPU shapes (set up by ``kernel_harness``); with CUDA the GPU test runs the
 compiled kernels.
@@ -55,9 +55,10 @@ class TestTransposedInterpreted:
         check(c, 1e-5, T16, splits=3)
         assert len(passes) == 1 and passes[0][1] == 3
 
-    @pytest.mark.parametrize("n", [32, 96])
-    def test_widened_tiles(self, n):
-        # BLOCK_T 64: N = 32 runs as a 64-state tile, 96 (64 + 32) as one of 128 (transposed_tiles)
+    @pytest.mark.parametrize("n", [7, 32, 96])
+    def test_block_t_64_tiles(self, n):
+        # BLOCK_T 64: a single tile narrower than 64 (7 -> 16, 32) takes the kernel's (N, T) @ (T, P) state
+        # update; 96 (64 + 32) runs as one tile of 128 (transposed_tiles)
         c = make_case(1, 70, 2, 16, 1, n, "hp", True, True, seed=n + 11)
         check(c, 1e-5, (64, 16, 1, 1, True))
 
@@ -82,16 +83,17 @@ def test_transposed_candidates(monkeypatch):
 
 
 def test_transposed_tiles():
-    # at BLOCK_T = 64 no state tile is narrower than 64 (a Triton 3.6 miscompile otherwise, see the module)
+    # at BLOCK_T = 64 no second state tile is narrower than 64 (a Triton 3.6 miscompile otherwise, see the
+    # module); single tiles keep their width
     assert [ssd_mod.transposed_tiles(n, 32) for n in (16, 40, 96)] == [(16, 0), (32, 16), (64, 32)]
-    assert [ssd_mod.transposed_tiles(n, 64) for n in (7, 32, 40, 64, 80, 96, 128, 160, 192)] == [
-        (64, 0), (64, 0), (64, 0), (64, 0), (128, 0), (128, 0), (128, 0), (128, 64), (128, 64)]
+    assert [ssd_mod.transposed_tiles(n, 64) for n in (7, 32, 40, 48, 64, 80, 96, 128, 160, 192)] == [
+        (16, 0), (32, 0), (64, 0), (64, 0), (64, 0), (128, 0), (128, 0), (128, 0), (128, 64), (128, 64)]
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 class TestTransposedOnGPU:
-    @pytest.mark.parametrize("n", [16, 32, 40, 96, 128])
+    @pytest.mark.parametrize("n", [7, 16, 32, 40, 96, 128])
     def test_transposed_configs(self, n):
         c = make_case(2, 257, 4, 64, 1, n, "h", True, True, device="cuda", dtype=torch.bfloat16, seed=n + 2)
         cfgs = [cfg for cfg in _ssd_configs(64, n, 256) if len(cfg) > 4 and cfg[4]] + [(32, 64, 4, 2, True)]

@@ -34,7 +34,8 @@ with the P channels (64) as rows:
 so the three dots with P in them are 64-row wgmma for any N (the (T, T) B C^T is the only small one).
 x^T, C^T, y^T, z^T are addressed transposed; the per-step weights go on the right operands, which wgmma
 reads from shared memory anyway.  It is fastest at BLOCK_T = 64 (see ``_ssd_configs``), where Triton 3.6
-miscompiles state tiles narrower than 64, so ``transposed_tiles`` widens them there (N = 32 runs as 64).
+miscompiles a state update whose state tile is narrower than 64: a single narrow tile (N <= 32) then runs
+its update as (N, T) @ (T, P), and a narrow second tile is widened (N = 96 runs as 128; ``transposed_tiles``).
 
 ``chunk_size`` only sets the chunk granularity of the reference algorithm; it changes rounding, not the
 result, so the kernel uses its own BLOCK_T (a power of two <= chunk_size).  16-bit inputs feed 16-bit
@@ -317,8 +318,14 @@ def _ssd_fused_t_kernel(
         w = exp2_decay(a_end - acum, ASM) * dt
         Bw = (Bc.to(tl.float32) * w[:, None]).to(xt.dtype)  # (T, N)
         chunk_decay = exp2_decay(a_end, ASM)
-        h = tl.dot(xt, Bw, acc=h * chunk_decay, input_precision=PRECISION)
-        if BLOCK_N2 > 0:
+        if BLOCK_T >= 64 and BLOCK_N < 64:
+            # a state tile narrower than 64 as the N of this warpgroup MMA is miscompiled by Triton 3.6 at
+            # BLOCK_T = 64 (see transposed_tiles); as (N, T) @ (T, P), an mma.sync product transposed back,
+            # it is right, and (N = 32) faster than the tile widened to 64
+            h = h * chunk_decay + tl.trans(tl.dot(tl.trans(Bw), tl.trans(xt), input_precision=PRECISION))
+        else:
+            h = tl.dot(xt, Bw, acc=h * chunk_decay, input_precision=PRECISION)
+        if BLOCK_N2 > 0:  # never narrower than 64 at BLOCK_T = 64 (transposed_tiles)
             Bw2 = (Bc2.to(tl.float32) * w[:, None]).to(xt.dtype)
             h2 = tl.dot(xt, Bw2, acc=h2 * chunk_decay, input_precision=PRECISION)
 
@@ -357,21 +364,25 @@ def state_tiles(n_state: int) -> tuple[int, int]:
 
 
 def transposed_tiles(n_state: int, block_t: int) -> tuple[int, int]:
-    """``state_tiles`` for the transposed kernel: with BLOCK_T > 32 no state tile is narrower than BLOCK_T.
+    """``state_tiles`` for the transposed kernel: at BLOCK_T > 32 a second state tile is never narrower than 64.
 
-    Measured on an H200 with Triton 3.6 (2026-12-01): at BLOCK_T = 64 and 4 warps a state tile narrower
-    than 64 (N = 16, 32, and the 32 / 16 second tiles of 96, 80, 40) compiles to a wrong y or an illegal
-    address, while tiles of 64 and 128 are right, and fast (N = 64: 0.190 ms against 0.209 for the best
-    default-layout config; N = 128: 0.232 against 0.301).  So narrower tiles are widened to BLOCK_T (the
-    extra states are masked off: zero), and two tiles become one when that is no more states.
+    Measured on an H200 with Triton 3.6 (2026-12-01, scratch/narrow_dbg.py): at BLOCK_T = 64 a state tile
+    narrower than 64 as the N of the state update's warpgroup MMA, x^T (P, T) @ (w B) (T, N), compiles to
+    a wrong state or an out-of-range shared-memory read (N = 16, 32 alone; the 32-wide second tile of 96),
+    while the interpreter is right.  Tiles of 64 and 128 are right.  A single narrow tile runs its update
+    as (N, T) @ (T, P) instead (the kernel's ``BLOCK_N < 64`` branch): right, and at N = 32 0.183-0.186
+    ms against 0.190 for the tile widened to 64 (B=8, L=4096, 24x64).  The same for a narrow second tile
+    (96 = 64 + 32) took 0.251 ms against 0.235 for one 128-state tile, and a 64-wide update for that tile
+    alone 0.237, so a narrow second tile is widened instead (the extra states are masked off: zero), and
+    two tiles become one when that is no more states.
     """
     first, second = state_tiles(n_state)
-    if block_t <= 32 or min(first, second or first) >= block_t:
+    if block_t <= 32 or second == 0 or second >= 64:
         return first, second
-    one = max(block_t, next_pow2(n_state))
-    if second == 0 or max(first, block_t) + block_t >= one:
+    one = next_pow2(n_state)
+    if first + 64 >= one:
         return one, 0
-    return max(first, block_t), block_t
+    return first, 64
 
 
 def _ssd_configs(headdim: int, n_state: int, chunk_size: int):
@@ -383,12 +394,13 @@ def _ssd_configs(headdim: int, n_state: int, chunk_size: int):
     The transposed layout (a fifth element True: ``_ssd_fused_t_kernel``) is offered at BLOCK_T = 64 only,
     and first when BLOCK_P = 64.  On an H200 (Triton 3.6, bf16, 2026-12-01; scratch/ssd_t_sweep.py) at
     B=8, L=4096, H=24, P=64 its (64, 64, 4, 2) took 0.232 / 0.234 / 0.190 / 0.190 / 0.188 ms at N = 128 /
-    96 / 64 / 32 / 16, against 0.301 / 0.255 / 0.209 / 0.217 / 0.194 for the best default-layout config
-    (and also won at batch 1, L=16384, split-L, and at P=128), while at BLOCK_T = 32 it was 5-45% slower
-    than the default layout for every N.  With BLOCK_P < 64 (head dims up to 32) its tiles are below the
-    warpgroup MMA's 64 rows and it was neither measured nor checked on a GPU for the miscompile that
-    ``transposed_tiles`` works around, so it is not offered there, nor past 128 states, where a 64 x 256
-    fp32 state tile was not measured either (``ssd_triton(config=...)`` still runs it).
+    96 / 64 / 32 / 16 (N <= 32 then widened to a 64-state tile), against 0.301 / 0.255 / 0.209 / 0.217 /
+    0.194 for the best default-layout config (and also won at batch 1, L=16384, split-L, and at P=128),
+    while at BLOCK_T = 32 it was 5-45% slower than the default layout for every N.  With BLOCK_P < 64
+    (head dims up to 32) its tiles are below the warpgroup MMA's 64 rows and it was neither measured nor
+    checked on a GPU for the miscompile around which ``transposed_tiles`` and the narrow-tile update
+    work, so it is not offered there, nor past 128 states, where a 64 x 256 fp32 state tile was not
+    measured either (``ssd_triton(config=...)`` still runs it).
     """
     block_p = max(16, min(64, next_pow2(headdim)))
     t_max = max(16, next_pow2(chunk_size) if chunk_size & (chunk_size - 1) == 0 else next_pow2(chunk_size) // 2)
