@@ -20,7 +20,7 @@ for part in $parts; do
         tests) bash "$0" tests-scan tests-ssd tests-rest ;;
         tests-scan) python3 -m pytest -q -p no:cacheprovider --durations=10 tests/ops/test_triton_kernels.py \
                         -k "GPU and selective_scan" >"$out/tests-scan.log" 2>&1; tail -12 "$out/tests-scan.log" ;;
-        tests-ssd) python3 -m pytest -q -p no:cacheprovider --durations=10 tests/ops/test_ssd_two_tiles.py \
+        tests-ssd) python3 -m pytest -q -p no:cacheprovider --durations=10 tests/ops/test_ssd_two_tiles.py tests/ops/test_ssd_transposed.py \
                        tests/ops/test_triton_kernels.py -k "GPU and ssd" >"$out/tests-ssd.log" 2>&1
                    tail -12 "$out/tests-ssd.log" ;;
         tests-rest) python3 -m pytest -q -p no:cacheprovider --durations=10 tests/ops/test_triton_kernels.py \
