@@ -18,7 +18,8 @@ import torch
 CUDA = torch.cuda.is_available()
 _ENV_BEFORE = os.environ.get("TRITON_INTERPRET")
 _TRITON_ALREADY_IMPORTED = "triton" in sys.modules
-_KERNEL_MODULES = ("selective_scan", "split", "ssd", "conv1d", "state_update", "rms_norm", "mamba1_step")
+_KERNEL_MODULES = ("selective_scan", "split", "scan_steps", "ssd", "conv1d", "state_update", "rms_norm",
+                   "mamba1_step")
 
 
 def _restore_env():

@@ -21,14 +21,18 @@ def test_no_split_off_the_gpu():
     assert pick_splits(1, 1 << 20, 32, torch.device("cpu")) == 1
 
 
-@pytest.mark.parametrize("programs,seqlen,expected", [
-    (192, 2048, 1),      # at least one program per SM: the tile kernels are not split
-    (24, 16384, 22),     # 4 programs per SM wanted: ceil(4 * 132 / 24)
-    (24, 4096, 16),      # 22 segments wanted, capped at 4096 / 256
+@pytest.mark.parametrize("programs,warps,seqlen,expected", [
+    (192, None, 2048, 1),      # at least one program per SM: the tile kernels are not split
+    (24, None, 16384, 22),     # 4 programs per SM wanted: ceil(4 * 132 / 24)
+    (384, 1, 2048, 6),         # step kernel: 384 warps, 16 per SM wanted -> ceil(2112 / 384)
+    (48, 2, 4096, 16),         # 96 warps -> 22 segments wanted, capped at 4096 / 256
+    (96, 4, 16384, 6),         # 384 warps of 4-warp programs: same count, same split
+    (2200, 1, 2048, 1),        # 16 warps per SM already: no split
 ])
-def test_split_policy(monkeypatch, programs, seqlen, expected):
+def test_split_policy(monkeypatch, programs, warps, seqlen, expected):
     from perfmamba.ops.triton import split
     monkeypatch.setattr(split, "_sm_count", lambda index: 132)
     monkeypatch.setattr(split, "interpreting", lambda: False)
-    got = split.pick_splits(programs, seqlen, 1, torch.device("cuda", 0), per_sm=4)
+    per_sm = 16 if warps else 4
+    got = split.pick_splits(programs, seqlen, 1, torch.device("cuda", 0), per_sm=per_sm, warps_per_program=warps)
     assert got == expected

@@ -24,7 +24,7 @@ def _gen(seed):
 def scan_case(bsz, dim, seqlen, n, groups, has_d, has_z, has_bias, device="cpu", dtype=torch.float32, seed=0,
               channels_last=False):
     """Scan inputs; ``channels_last`` lays u, delta, z out as (Bsz, L, D) and B, C as (Bsz, L, [G,] N)
-    (seen through transposes as the usual shapes), as Mamba-1's GEMMs produce them: the scan copies them."""
+    (seen through transposes as the usual shapes), as Mamba-1's GEMMs produce them: the step kernel's path."""
     g = _gen(seed)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
     if channels_last:
@@ -80,7 +80,6 @@ def check_scan(c, tol, out=None, splits=None):
     assert y.dtype == c["u"].dtype and h.dtype == torch.float32
     assert rel_err(y, yr) < tol
     assert rel_err(h, hr) < tol
-    return y
 
 
 def check_ssd(c, chunk, tol, out=None, dt_limit=(0.0, INF), splits=None):
@@ -133,22 +132,18 @@ class TestSelectiveScanInterpreted:
         check_scan(c, 1e-5, out=torch.full_like(c["u"], float("nan")), splits=splits)
 
     @pytest.mark.parametrize("n,seqlen,groups", [(1, 9, 1), (7, 1, 1), (16, 65, 2), (13, 10, 1), (64, 6, 1)])
-    def test_channels_last_inputs(self, n, seqlen, groups):
-        # channel-contiguous u / delta / z and N-contiguous B / C are copied to L-contiguous; a new y is
-        # channels-first (as mamba_ssm returns it), an ``out`` in their layout is written through its strides
+    def test_channels_last_step_kernel(self, n, seqlen, groups):
+        # channel-contiguous u / delta / z take the step kernel (scan_steps.py); y keeps that layout
         c = scan_case(2, 8, seqlen, n, groups, True, True, True, seed=n + seqlen, channels_last=True)
         check_scan(c, 1e-5)
-        out = poisoned_like(c["u"])
-        assert out.stride(1) == 1 and (seqlen == 1 or out.stride(2) != 1)
-        assert check_scan(c, 1e-5, out=out) is out
+        check_scan(c, 1e-5, out=poisoned_like(c["u"]))
         y = ops.selective_scan(c["u"], c["delta"], c["A"], c["B"], c["C"], backend="triton")
-        assert y.is_contiguous()
+        assert y.stride(1) == 1
 
     @pytest.mark.parametrize("splits,seqlen", [(3, 20), (2, 9)])
     def test_channels_last_split(self, splits, seqlen):
         c = scan_case(2, 8, seqlen, 16, 1, True, True, True, seed=splits, channels_last=True)
-        out = poisoned_like(c["u"])
-        assert check_scan(c, 1e-5, out=out, splits=splits) is out
+        check_scan(c, 1e-5, out=poisoned_like(c["u"]), splits=splits)
 
     def test_no_last_state(self):
         c = scan_case(1, 4, 5, 3, 1, False, False, False, seed=11)
@@ -349,7 +344,7 @@ class TestKernelsOnGPU:
     @pytest.mark.parametrize("n,seqlen,groups", [(16, 257, 1), (64, 4096, 1), (97, 257, 2), (128, 257, 1),
                                                  (7, 4096, 2), (1, 65, 1)])
     def test_selective_scan(self, dtype, tol, n, seqlen, groups):
-        for channels_last in (False, True):  # channels-last inputs are copied, y written through its strides
+        for channels_last in (False, True):  # the tile-scan kernel, then the step kernel (N <= 64)
             c = scan_case(2, 128, seqlen, n, groups, True, True, True, device="cuda", dtype=dtype, seed=n,
                           channels_last=channels_last)
             check_scan(c, tol, out=poisoned_like(c["u"]))
@@ -357,17 +352,26 @@ class TestKernelsOnGPU:
 
     @pytest.mark.parametrize("n", [4, 8, 16, 97])
     def test_every_scan_candidate(self, n):
-        # the autotuner may pick any candidate: each one, whole and split-L, bf16
+        # the autotuner may pick any candidate of either kernel: each one, whole and split-L, bf16
+        from perfmamba.ops.triton.scan_steps import selective_scan_steps, steps_configs
         from perfmamba.ops.triton.selective_scan import _scan_configs, selective_scan_triton
-        c = scan_case(2, 64, 257, n, 1, True, True, True, device="cuda", dtype=torch.bfloat16, seed=n)
-        args = (c["u"], c["delta"], c["A"], c["B"], c["C"])
-        kw = dict(D=c["D"], z=c["z"], delta_bias=c["delta_bias"], delta_softplus=True, return_last_state=True)
-        f32 = {k: (v.float() if v is not None else None) for k, v in c.items()}
-        yr, hr = selective_scan_ref(f32["u"], f32["delta"], f32["A"], f32["B"], f32["C"], **kw)
-        for cfg in _scan_configs(n, 257, 64):
-            for splits in (None, 3):
-                y, h = selective_scan_triton(*args, **kw, out=poisoned_like(c["u"]), splits=splits, config=cfg)
-                assert rel_err(y, yr) < 1e-2 and rel_err(h, hr) < 1e-2, (cfg, splits)
+        for channels_last in (False, True):
+            c = scan_case(2, 64, 257, n, 1, True, True, True, device="cuda", dtype=torch.bfloat16, seed=n,
+                          channels_last=channels_last)
+            args = (c["u"], c["delta"], c["A"], c["B"], c["C"])
+            kw = dict(D=c["D"], z=c["z"], delta_bias=c["delta_bias"], delta_softplus=True, return_last_state=True)
+            f32 = {k: (v.float() if v is not None else None) for k, v in c.items()}
+            yr, hr = selective_scan_ref(f32["u"], f32["delta"], f32["A"], f32["B"], f32["C"], **kw)
+            cands = steps_configs(n, 2) if channels_last and n <= 64 else _scan_configs(n, 257, 64)
+            for cfg in cands:
+                for splits in (None, 3):
+                    out = poisoned_like(c["u"])
+                    if channels_last and n <= 64:
+                        y, h = selective_scan_steps(*args[:3], c["B"].unsqueeze(1), c["C"].unsqueeze(1), c["D"],
+                                                    c["z"], c["delta_bias"], True, True, out, splits, config=cfg)
+                    else:
+                        y, h = selective_scan_triton(*args, **kw, out=out, splits=splits, config=cfg)
+                    assert rel_err(y, yr) < 1e-2 and rel_err(h, hr) < 1e-2, (cfg, splits, channels_last)
 
     @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
     @pytest.mark.parametrize("n,seqlen,groups,headdim", [(64, 257, 1, 64), (97, 4096, 2, 32), (128, 257, 2, 128),

@@ -375,20 +375,25 @@ def _scan_configs(n_state: int, seqlen: int, channels_per_group: int):
     return cands
 
 
-def scan_outputs(u, n_state: int, out, return_last_state: bool):
-    """y (``out``, written through its strides, or new in u's dtype: (Bsz, D, L) contiguous, as mamba_ssm
-    returns it) and the final-state buffer (Bsz, D, N) fp32 or None; zeroed when the sequence is empty."""
+def scan_outputs(u, n_state: int, out, return_last_state: bool, channels_last: bool):
+    """y (``out``, or new in u's dtype: (Bsz, D, L) contiguous, or channels-last, the channel stride 1) and
+    the final-state buffer (Bsz, D, N) fp32 or None; zeroed when the sequence is empty."""
     bsz, dim, seqlen = u.shape
-    y = out if out is not None else torch.empty(bsz, dim, seqlen, device=u.device, dtype=u.dtype)
+    if out is not None:
+        y = out
+    elif channels_last:
+        y = torch.empty(bsz, seqlen, dim, device=u.device, dtype=u.dtype).transpose(1, 2)
+    else:
+        y = torch.empty(bsz, dim, seqlen, device=u.device, dtype=u.dtype)
     hlast = torch.empty(bsz, dim, n_state, device=u.device, dtype=torch.float32) if return_last_state else None
     if seqlen == 0 and hlast is not None:
         hlast.zero_()
     return y, hlast
 
 
-def scan_launch_args(u, delta, A, Bg, Cg, D, z, delta_bias, y, h_in, h_out, dt_sums, seg):
-    """The positional arguments of the scan kernel (pointers, sizes, strides); an absent tensor is replaced
-    by u (never read).  D and delta_bias are indexed by channel with stride 1."""
+def scan_launch_args(u, delta, A, Bg, Cg, D, z, delta_bias, y, h_in, h_out, dt_sums, seg, b_strides, c_strides):
+    """The positional arguments both Mamba-1 scan kernels take (pointers, sizes, strides); an absent tensor
+    is replaced by u (never read).  D and delta_bias are indexed by channel with stride 1."""
     from perfmamba.ops.triton.split import seg_strides
     zz = z if z is not None else u
     groups = Bg.shape[1]
@@ -398,13 +403,13 @@ def scan_launch_args(u, delta, A, Bg, Cg, D, z, delta_bias, y, h_in, h_out, dt_s
             h_out if h_out is not None else u, h_in if h_in is not None else u,
             dt_sums if dt_sums is not None else u,
             u.shape[2], u.shape[1] // groups, groups, seg,
-            *u.stride(), *delta.stride(), *A.stride(), *Bg.stride(), *Cg.stride(), *zz.stride(), *y.stride(),
+            *u.stride(), *delta.stride(), *A.stride(), *b_strides, *c_strides, *zz.stride(), *y.stride(),
             *seg_strides(h_out, 4), *seg_strides(h_in, 4),
             *(dt_sums.stride() if dt_sums is not None else (0, 0, 0)))
 
 
 def scan_launch_flags(n_state, D, z, delta_bias, delta_softplus, h_in, h_out, states_only, grid) -> dict:
-    """The constexpr flags of the scan kernel."""
+    """The constexpr flags both Mamba-1 scan kernels take."""
     return dict(N=n_state, HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=delta_bias is not None,
                 SOFTPLUS=bool(delta_softplus), STORE_STATE=h_out is not None, HAS_INIT=h_in is not None,
                 STATES_ONLY=states_only, SPLIT=grid[2] > 1)
@@ -417,35 +422,41 @@ def segment_decay_coef(A):
     return (A.float() * LOG2E).reshape(-1).contiguous()
 
 
+def use_step_kernel(u, delta, z, n_state: int) -> bool:
+    """Channels-last u / delta / z (channel stride 1, as in_proj and dt_proj write them) and at most 64
+    states: the step kernel of ``scan_steps`` (no scan tree) is used instead of this module's."""
+    return (u.shape[1] > 1 and u.stride(1) == 1 and delta.stride(1) == 1 and (z is None or z.stride(1) == 1)
+            and n_state <= 64)
+
+
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                           return_last_state=False, out=None, config=None, splits=None):
     """Same arguments, shapes and results as ``selective_scan_ref``.
 
     u, delta, z: (Bsz, D, L); A: (D, N); B, C: (Bsz, N, L) or (Bsz, G, N, L); D, delta_bias: (D,).
-    Inputs whose L stride is not 1 (channels-last) are copied to L-contiguous first, as mamba_ssm does: the
-    step kernel that read them in place took 0.68 ms against the tile kernel's 0.28 ms plus about 0.07 ms
-    of copies (estimated from the bytes; H200, N=16, B=8 L=2048 D=1536, 2026-12-01, git ffc0545).
-    ``out`` (Bsz, D, L) may be passed to receive y in any layout, written through its strides (tests
-    pre-fill it with NaN); otherwise y is new and L-contiguous.  ``config`` overrides the (BLOCK_L,
-    BLOCK_D, N_IN, num_warps, num_stages) choice; ``splits`` the number of sequence segments run in
-    parallel (``perfmamba.ops.triton.split``; default: enough to fill the GPU).
+    ``out`` (Bsz, D, L) may be passed to receive y (tests pre-fill it with NaN); ``config`` overrides the
+    (BLOCK_L, BLOCK_D, N_IN, num_warps, num_stages) choice; ``splits`` the number of sequence segments
+    run in parallel (``perfmamba.ops.triton.split``; default: enough to fill the GPU).
     """
     from perfmamba.ops.triton import split as split_l
     bsz, dim, seqlen = u.shape
     n_state = A.shape[1]
     Bg = B if B.dim() == 4 else B.unsqueeze(1)  # (Bsz, G, N, L)
     Cg = C if C.dim() == 4 else C.unsqueeze(1)
+    if config is None and use_step_kernel(u, delta, z, n_state):
+        from perfmamba.ops.triton.scan_steps import selective_scan_steps
+        return selective_scan_steps(u, delta, A, Bg, Cg, D, z, delta_bias, delta_softplus, return_last_state,
+                                    out, splits)
     groups = Bg.shape[1]
     dg = dim // groups
-    # only the innermost (L) stride matters for speed: an L stride other than 1 is copied (see above), any
-    # other strides are passed through
+    # only the innermost (L) stride matters for speed; any other strides are passed through
     u = u if u.stride(-1) == 1 else u.contiguous()
     delta = delta if delta.stride(-1) == 1 else delta.contiguous()
     Bg = Bg if Bg.stride(-1) == 1 else Bg.contiguous()
     Cg = Cg if Cg.stride(-1) == 1 else Cg.contiguous()
     if z is not None and z.stride(-1) != 1:
         z = z.contiguous()
-    y, hlast = scan_outputs(u, n_state, out, return_last_state)
+    y, hlast = scan_outputs(u, n_state, out, return_last_state, channels_last=False)
     if seqlen == 0:
         return (y, hlast) if return_last_state else y
     block_n = max(2, next_pow2(n_state))
@@ -453,7 +464,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     def kernel(cfg, grid, seg, h_in, h_out, dt_sums, states_only):
         block_l, block_d, n_in, num_warps, num_stages = cfg
         _selective_scan_kernel[grid](
-            *scan_launch_args(u, delta, A, Bg, Cg, D, z, delta_bias, y, h_in, h_out, dt_sums, seg // block_l),
+            *scan_launch_args(u, delta, A, Bg, Cg, D, z, delta_bias, y, h_in, h_out, dt_sums, seg // block_l,
+                              Bg.stride(), Cg.stride()),
             **scan_launch_flags(n_state, D, z, delta_bias, delta_softplus, h_in, h_out, states_only, grid),
             BLOCK_L=block_l, BLOCK_N=block_n, BLOCK_D=block_d, N_IN=n_in, NUM_STAGES=num_stages,
             **asm_flags(u), num_warps=num_warps,
