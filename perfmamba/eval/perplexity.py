@@ -11,13 +11,14 @@ the start).  A window reading tokens [b, b + context) predicts tokens [b + 1, b 
     bits_per_byte  = nll / ln 2 / UTF-8 bytes of the scored tokens
 
 Windows are evaluated in a fixed order and the sum is accumulated in float64, so a run is deterministic
-on a given device.
+on a given device.  Each window's NLL is kept (``window_nll``): two models scored on the same text can then
+be compared window by window (``paired_bootstrap``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
 import torch
@@ -37,6 +38,8 @@ class PerplexityResult:
     context: int
     stride: int
     windows: int
+    # summed NLL of each window's scored tokens, in window order (for paired comparisons; not in to_dict)
+    window_nll: list = field(default_factory=list, repr=False)
 
     @property
     def loss(self) -> float:
@@ -55,7 +58,8 @@ class PerplexityResult:
         return self.nll / math.log(2) / self.bytes
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "loss": self.loss, "perplexity": self.perplexity,
+        totals = {k: v for k, v in asdict(self).items() if k != "window_nll"}
+        return {**totals, "loss": self.loss, "perplexity": self.perplexity,
                 "bits_per_token": self.bits_per_token, "bits_per_byte": self.bits_per_byte}
 
 
@@ -88,8 +92,8 @@ def _batches(windows, batch_size):
 
 
 @torch.no_grad()
-def window_nll(model, ids: torch.Tensor, windows, device, autocast_dtype=None) -> tuple[float, int]:
-    """Summed NLL (nats, float64) and the number of scored targets over windows of equal length."""
+def window_nll(model, ids: torch.Tensor, windows, device, autocast_dtype=None) -> tuple[list, list]:
+    """Per window (of equal length): summed NLL of its scored targets (nats, float64) and their number."""
     length = windows[0][1]
     rows = torch.stack([ids[b:b + length + 1] for b, _, _ in windows]).to(device=device, dtype=torch.long)
     inputs, targets = rows[:, :-1], rows[:, 1:]  # (n, L) each
@@ -103,13 +107,13 @@ def window_nll(model, ids: torch.Tensor, windows, device, autocast_dtype=None) -
     # column j predicts the token at position begin + 1 + j; count it from first_scored on
     starts = torch.tensor([f - b - 1 for b, _, f in windows], device=nll.device)
     mask = torch.arange(length, device=nll.device)[None, :] >= starts[:, None]
-    return float(nll[mask].sum()), int(mask.sum())
+    return (nll * mask).sum(1).tolist(), mask.sum(1).tolist()
 
 
 @torch.no_grad()
-def score_tokens(model, ids: torch.Tensor, context: int = 1024, stride: int = 512, batch_size: int = 8,
-                 autocast_dtype=None, on_window: Optional[Callable[[int], None]] = None) -> tuple[float, int, int]:
-    """Summed NLL (nats), scored tokens and window count of a 1-D token tensor."""
+def score_windows(model, ids: torch.Tensor, context: int = 1024, stride: int = 512, batch_size: int = 8,
+                  autocast_dtype=None, on_window: Optional[Callable[[int], None]] = None) -> tuple[list, list]:
+    """Per window of ``plan_windows``, in order: summed NLL (nats) of its scored tokens and their number."""
     if ids.dim() != 1:
         raise PerfMambaError(f"token ids must be 1-D, got shape {tuple(ids.shape)}")
     if ids.numel() < 2:
@@ -120,26 +124,34 @@ def score_tokens(model, ids: torch.Tensor, context: int = 1024, stride: int = 51
     windows = plan_windows(ids.numel(), context, stride)
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    nlls, counts = [], []
     try:
         for batch in _batches(windows, batch_size):
             nll, n = window_nll(model, ids, batch, device, autocast_dtype)
-            total += nll
-            count += n
+            nlls += nll
+            counts += n
             if on_window is not None:
                 on_window(len(batch))
     finally:
         model.train(was_training)
-    assert count == ids.numel() - 1, (count, ids.numel())
-    return total, count, len(windows)
+    assert sum(counts) == ids.numel() - 1, (sum(counts), ids.numel())
+    return nlls, counts
+
+
+def score_tokens(model, ids: torch.Tensor, context: int = 1024, stride: int = 512, batch_size: int = 8,
+                 autocast_dtype=None, on_window: Optional[Callable[[int], None]] = None) -> tuple[float, int, int]:
+    """Summed NLL (nats), scored tokens and window count of a 1-D token tensor."""
+    nlls, counts = score_windows(model, ids, context, stride, batch_size, autocast_dtype, on_window)
+    return math.fsum(nlls), sum(counts), len(nlls)
 
 
 def evaluate_tokens(model, tokens, context: int = 1024, stride: int = 512, batch_size: int = 8,
                     autocast_dtype=None, on_window=None) -> PerplexityResult:
     """``tokens``: a ``data.Tokens`` (ids plus the byte counts needed for bits per byte)."""
-    nll, count, windows = score_tokens(model, tokens.ids, context, stride, batch_size, autocast_dtype, on_window)
-    return PerplexityResult(nll=nll, tokens=count, bytes=tokens.n_bytes - tokens.first_token_bytes,
-                            total_tokens=int(tokens.ids.numel()), context=context, stride=stride, windows=windows)
+    nlls, counts = score_windows(model, tokens.ids, context, stride, batch_size, autocast_dtype, on_window)
+    return PerplexityResult(nll=math.fsum(nlls), tokens=sum(counts), bytes=tokens.n_bytes - tokens.first_token_bytes,
+                            total_tokens=int(tokens.ids.numel()), context=context, stride=stride,
+                            windows=len(nlls), window_nll=nlls)
 
 
 def evaluate_text(model, tokenizer, text: str, context: int = 1024, stride: int = 512, batch_size: int = 8,
@@ -154,3 +166,25 @@ def evaluate_text(model, tokenizer, text: str, context: int = 1024, stride: int 
     n_windows = len(plan_windows(tokens.ids.numel(), context, stride))
     with progress_bar("evaluating", total=n_windows, unit="windows") as advance:
         return evaluate_tokens(model, tokens, context, stride, batch_size, autocast_dtype, on_window=advance)
+
+
+def paired_bootstrap(nll_a, nll_b, nll_base, samples: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """How far apart two models scored on the same windows are, in percent of a third (the baseline).
+
+    The statistic is 100 * (NLL_a - NLL_b) / NLL_base summed over windows, which on one text equals the
+    difference of the two bits-per-byte changes against the baseline in percentage points (the byte count
+    cancels).  Windows are resampled with replacement ``samples`` times (seeded, so reproducible); the
+    interval is the central ``level`` quantile range.  Windows are treated as independent, which
+    neighbouring windows of one text are not quite, so the interval is, if anything, narrow.
+    """
+    a, b, base = (torch.tensor(v, dtype=torch.float64) for v in (nll_a, nll_b, nll_base))
+    if not a.numel() or a.shape != b.shape or a.shape != base.shape:
+        raise PerfMambaError(f"paired comparison needs the same windows: {a.numel()}, {b.numel()}, {base.numel()}")
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, a.numel(), (samples, a.numel()), generator=gen)
+    diff = a - b
+    stats = 100.0 * diff[idx].sum(1) / base[idx].sum(1)
+    tail = (1.0 - level) / 2.0
+    lo, hi = torch.quantile(stats, torch.tensor([tail, 1.0 - tail], dtype=torch.float64)).tolist()
+    return {"diff_pct": float(100.0 * diff.sum() / base.sum()), "low_pct": lo, "high_pct": hi,
+            "level": level, "samples": samples, "windows": int(a.numel())}

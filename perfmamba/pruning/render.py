@@ -88,6 +88,8 @@ def sweep_markdown(res: dict, plots: list) -> str:
                      [[f"{q:g}", _sizes(by[(methods[0], q)]["kept_sizes"])]
                       + [f"{by[(m, q)]['bits_per_byte']:.4f} ({by[(m, q)]['bpb_change_pct']:+.2f}%)" for m in methods]
                       for q in ratios]), ""]
+    if res.get("comparisons"):
+        lines += _comparison_table(res)
     if res["speed"]:
         lines += _speed_tables(res)
     best = best_tradeoff(res["rows"])
@@ -104,6 +106,19 @@ def sweep_markdown(res: dict, plots: list) -> str:
                   f"{best[key]:.2f}x prefill at L={length}, {mem}{best['bpb_change_pct']:+.2f}% bits/byte.", ""]
     lines += [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(lines)
+
+
+def _comparison_table(res: dict) -> list:
+    comps = res["comparisons"]
+    ref, n, samples = comps[0]["method"], comps[0]["windows"], comps[0]["samples"]
+    return [f"## `{ref}` against the other scores, window by window", "",
+            f"Difference of the bits/byte changes (`{ref}` minus the other, percentage points of the unpruned "
+            f"bits/byte; negative: `{ref}` is better) on the same {n} evaluation windows, with a 95% paired "
+            f"bootstrap interval ({samples} resamples of the windows). An interval that contains 0 is a tie "
+            f"at this amount of text.", "",
+            _table(["ratio", "against", "difference", "95% interval"],
+                   [[f"{c['ratio']:g}", c["against"], f"{c['diff_pct']:+.2f}",
+                     f"{c['low_pct']:+.2f} to {c['high_pct']:+.2f}"] for c in comps]), ""]
 
 
 def _speed_tables(res: dict) -> list:

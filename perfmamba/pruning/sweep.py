@@ -47,10 +47,31 @@ class EvalSettings:
 
 
 # ------------------------------------------------------------------------------------------- accuracy
-def bits_per_byte(model, ev: EvalSettings) -> float:
+def evaluate(model, ev: EvalSettings):
+    """The model's ``PerplexityResult`` on the held-out text (bits/byte and the per-window NLL)."""
     from perfmamba.eval.perplexity import evaluate_text
     return evaluate_text(model, ev.tokenizer, ev.text, context=ev.context, stride=ev.stride,
-                         batch_size=ev.batch_size).bits_per_byte
+                         batch_size=ev.batch_size)
+
+
+def bits_per_byte(model, ev: EvalSettings) -> float:
+    return evaluate(model, ev).bits_per_byte
+
+
+def paired_comparisons(accuracy: list, base_nll: list, reference: str) -> list:
+    """``reference`` against every other method at each ratio where they keep fewer states than the model,
+    window by window on the same text: the difference of their bits/byte changes (percentage points;
+    negative = ``reference`` better) with a 95% paired bootstrap interval (``paired_bootstrap``)."""
+    from perfmamba.eval.perplexity import paired_bootstrap
+    by = {(r["method"], r["ratio"]): r for r in accuracy}
+    out = []
+    for r in accuracy:
+        ref = by.get((reference, r["ratio"]))
+        if r["method"] == reference or ref is None or r["ratio"] == 0:
+            continue
+        cmp = paired_bootstrap(ref["window_nll"], r["window_nll"], base_nll)
+        out.append({"method": reference, "against": r["method"], "ratio": r["ratio"], **cmp})
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- speed
@@ -177,7 +198,8 @@ def run_sweep(model, methods, ratios, ev: EvalSettings, speed: Optional[SpeedSet
     stats = collect(model, calib_ids, need) if need else None
     scores = {m: compute_scores(m, model, stats, seed) for m in methods}
     log("evaluating the unpruned model")
-    base_bpb = bits_per_byte(model, ev)
+    base = evaluate(model, ev)
+    base_bpb = base.bits_per_byte
     original_sizes = [cfg.layer_d_state(i) for i in range(cfg.n_layer)]
     accuracy, plans = [], {}
     for ratio in ratios:
@@ -186,15 +208,19 @@ def run_sweep(model, methods, ratios, ev: EvalSettings, speed: Optional[SpeedSet
             rec = {"method": method, "ratio": ratio, "kept_sizes": sizes, "kept_total": sum(sizes),
                    "kept_fraction": sum(sizes) / sum(original_sizes)}
             if sizes == original_sizes:
-                rec.update(bits_per_byte=base_bpb, parameters=model.num_parameters(), refit=None)
+                result = base
+                rec.update(parameters=model.num_parameters(), refit=None)
             else:
                 pruned = prune_model(model, budgets.select(scores[method], sizes))
                 rec["refit"] = None
                 if bridge == "refit":
                     rec["refit"] = refit_bridge(model, pruned, calib_ids, ridge)
-                rec.update(bits_per_byte=bits_per_byte(pruned, ev), parameters=pruned.num_parameters())
+                result = evaluate(pruned, ev)
+                rec["parameters"] = pruned.num_parameters()
                 del pruned
+            rec["bits_per_byte"] = result.bits_per_byte
             rec["bpb_change_pct"] = 100.0 * (rec["bits_per_byte"] / base_bpb - 1.0)
+            rec["window_nll"] = result.window_nll
             log(f"{method:>9} ratio {ratio:<6g} kept {rec['kept_total']:>5} states: "
                 f"{rec['bits_per_byte']:.4f} bits/byte ({rec['bpb_change_pct']:+.2f}%)")
             accuracy.append(rec)
@@ -207,7 +233,10 @@ def run_sweep(model, methods, ratios, ev: EvalSettings, speed: Optional[SpeedSet
             timed = prune_model(model, budgets.select(scores[method], list(sizes)))
             speeds.append({"kept_sizes": list(sizes), **measure_speed(timed, speed)})
             del timed
-    return {"baseline_bits_per_byte": base_bpb, "original_sizes": original_sizes, "accuracy": accuracy,
+    reference = "delta" if "delta" in methods else methods[0]
+    return {"baseline_bits_per_byte": base_bpb, "baseline_window_nll": base.window_nll,
+            "original_sizes": original_sizes, "accuracy": accuracy,
+            "comparisons": paired_comparisons(accuracy, base.window_nll, reference),
             "speed": speeds, "rows": join_rows(accuracy, speeds, original_sizes)}
 
 

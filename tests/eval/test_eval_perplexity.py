@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from perfmamba.errors import PerfMambaError
 from perfmamba.eval.data import ByteTokenizer, Tokens
-from perfmamba.eval.perplexity import evaluate_text, evaluate_tokens, plan_windows, score_tokens
+from perfmamba.eval.perplexity import (evaluate_text, evaluate_tokens, paired_bootstrap, plan_windows,
+                                      score_tokens, score_windows)
 from perfmamba.models.checkpoint import build_model
 
 from eval_helpers import tiny_config
@@ -79,6 +80,42 @@ def test_sliding_windows_equal_per_window_direct_computation(model):
         total, count, _ = score_tokens(model, ids, context, stride, batch_size)
         assert count == ids.numel() - 1
         assert total == pytest.approx(expected, rel=1e-6)
+
+
+def test_per_window_nll_matches_the_direct_computation_and_the_totals(model):
+    ids = ByteTokenizer().encode(TEXT).ids
+    windows = plan_windows(ids.numel(), 48, 20)
+    nlls, counts = score_windows(model, ids, 48, 20, batch_size=3)
+    assert len(nlls) == len(counts) == len(windows)
+    for (begin, length, first), nll, count in zip(windows, nlls, counts):
+        with torch.no_grad():
+            logits = model(ids[None, begin:begin + length].long())[0].double()
+        direct = F.cross_entropy(logits, ids[begin + 1:begin + length + 1].long(), reduction="none")
+        assert count == begin + length - first + 1
+        assert nll == pytest.approx(float(direct[first - begin - 1:].sum()), rel=1e-6)
+    result = evaluate_text(model, ByteTokenizer(), TEXT, context=48, stride=20)
+    assert result.window_nll == pytest.approx(nlls, rel=1e-9)
+    assert result.nll == pytest.approx(sum(nlls), rel=1e-12)
+    assert "window_nll" not in result.to_dict()
+
+
+def test_paired_bootstrap():
+    gen = torch.Generator().manual_seed(0)
+    base = (torch.rand(200, generator=gen) + 1.0).tolist()
+    same = paired_bootstrap(base, base, base)
+    assert same["diff_pct"] == 0 and same["low_pct"] == same["high_pct"] == 0 and same["windows"] == 200
+    # a 5% worse model everywhere, plus noise: the interval is around +5 and excludes 0
+    noisy = [1.05 * v + 0.02 * float(e) for v, e in zip(base, torch.randn(200, generator=gen))]
+    cmp = paired_bootstrap(noisy, base, base)
+    assert cmp["low_pct"] < cmp["diff_pct"] < cmp["high_pct"] and 4.0 < cmp["low_pct"] and cmp["high_pct"] < 6.0
+    assert paired_bootstrap(noisy, base, base) == cmp  # seeded
+    flipped = paired_bootstrap(base, noisy, base)
+    assert flipped["diff_pct"] == pytest.approx(-cmp["diff_pct"])
+    # noise alone: the interval contains 0
+    tie = paired_bootstrap([v + 0.05 * float(e) for v, e in zip(base, torch.randn(200, generator=gen))], base, base)
+    assert tie["low_pct"] < 0 < tie["high_pct"]
+    with pytest.raises(PerfMambaError, match="same windows"):
+        paired_bootstrap(base[:10], base, base)
 
 
 def test_evaluation_is_deterministic_and_restores_mode(model):

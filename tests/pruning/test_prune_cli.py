@@ -79,6 +79,16 @@ def test_prune_sweep_writes_json_csv_markdown_and_plots(setup):
     half = [r for r in rows if float(r["ratio"]) == 0.5]
     assert all(int(r["state_cache_bytes_B1"]) < int(zero[0]["state_cache_bytes_B1"]) for r in half)
     assert not [f for f in os.listdir(out) if ".tmp" in f]
+    # delta against each other score at ratio 0.5, window by window on the same text
+    comps = res["comparisons"]
+    assert [(c["method"], c["against"], c["ratio"]) for c in comps] == [
+        ("delta", m, 0.5) for m in ("random", "magnitude", "taylor", "balanced")]
+    by = {(r["method"], r["ratio"]): r for r in res["accuracy"]}
+    for c in comps:
+        assert c["low_pct"] <= c["diff_pct"] <= c["high_pct"]
+        points = by[("delta", 0.5)]["bpb_change_pct"] - by[(c["against"], 0.5)]["bpb_change_pct"]
+        assert c["diff_pct"] == pytest.approx(points, abs=1e-6)
+    assert "window by window" in (out / "sweep.md").read_text()
 
 
 @pytest.mark.parametrize("argv, words", [
