@@ -33,10 +33,12 @@ for part in $parts; do
                tail -20 "$out/sweep.txt" ;;
         sweep-tile) python3 benchmarks/bench_kernels.py --sweep tile --no-main >"$out/sweep-tile.txt" 2>&1
                     grep best "$out/sweep-tile.txt" ;;
-        prune) # both demo models, every score, ratios 0..0.75, accuracy + speed + serving memory
+        prune) # both demo models, every score, ratios 0..0.75, accuracy + speed + serving memory; the logs go
+               # into the one archive too (a call brings back at most 8 files)
                for m in demo-mamba1 demo-mamba2; do
-                   PERFMAMBA_AUTOTUNE=0 timeout 220 python3 -m perfmamba.cli prune-sweep "$m" --out "$out/pruning/$m" >"$out/prune-$m.log" 2>&1
-                   tail -4 "$out/prune-$m.log"
+                   mkdir -p "$out/pruning"
+                   PERFMAMBA_AUTOTUNE=0 timeout 220 python3 -m perfmamba.cli prune-sweep "$m" --out "$out/pruning/$m" >"$out/pruning/prune-$m.log" 2>&1
+                   tail -4 "$out/pruning/prune-$m.log"
                done
                tar czf "$out/pruning.tgz" -C "$out" pruning && rm -rf "$out/pruning" ;;
         ncu) # Nsight Compute (hardware counters: Firecracker machines) on the scan and SSD at their tuned tiles;
