@@ -181,9 +181,12 @@ def paired_bootstrap(nll_a, nll_b, nll_base, samples: int = 2000, seed: int = 0,
     if not a.numel() or a.shape != b.shape or a.shape != base.shape:
         raise PerfMambaError(f"paired comparison needs the same windows: {a.numel()}, {b.numel()}, {base.numel()}")
     gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, a.numel(), (samples, a.numel()), generator=gen)
     diff = a - b
-    stats = 100.0 * diff[idx].sum(1) / base[idx].sum(1)
+    stats = []
+    for first in range(0, samples, 256):  # resampled in blocks: memory stays bounded on long texts
+        idx = torch.randint(0, a.numel(), (min(256, samples - first), a.numel()), generator=gen)
+        stats.append(100.0 * diff[idx].sum(1) / base[idx].sum(1))
+    stats = torch.cat(stats)
     tail = (1.0 - level) / 2.0
     lo, hi = torch.quantile(stats, torch.tensor([tail, 1.0 - tail], dtype=torch.float64)).tolist()
     return {"diff_pct": float(100.0 * diff.sum() / base.sum()), "low_pct": lo, "high_pct": hi,
