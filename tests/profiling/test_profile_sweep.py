@@ -64,16 +64,19 @@ def test_every_configuration_and_component_is_recorded(small_run, tiny_dirs):
 
 def test_components_sum_close_to_the_whole_block(tiny_dirs, one_thread):
     """Each stage timed alone, summed, lands near the block timed as one (a 2-core CI machine is noisy:
-    several samples of several calls each, and up to three attempts)."""
-    gaps = []
-    for _ in range(3):
+    several samples of several calls each, and up to four attempts, each time kept at its fastest sample
+    over all attempts so far: the least disturbed by other processes)."""
+    whole, parts = {}, {}
+    for _ in range(4):
         run = run_sweep(_settings(tiny_dirs, seqlens=[64], mode="prefill", repeats=9, min_sample_s=5e-3))
         assert all(abs(c.sum_vs_whole) < 1.0 for c in run.configs)  # the medians, even on a busy machine
-        # the fastest samples, least disturbed by other processes:
-        gaps = []
         for conf in run.configs:
-            parts = sum(r.time_min_s for r in run.components if (r.model, r.seqlen) == (conf.model, conf.seqlen))
-            gaps.append(parts / conf.whole_time_min_s - 1)
+            key = (conf.model, conf.seqlen)
+            whole[key] = min(whole.get(key, math.inf), conf.whole_time_min_s)
+        for r in run.components:
+            key = (r.model, r.seqlen, r.component)
+            parts[key] = min(parts.get(key, math.inf), r.time_min_s)
+        gaps = [sum(t for k, t in parts.items() if k[:2] == key) / whole[key] - 1 for key in whole]
         if all(abs(g) < 0.3 for g in gaps):
             break
     assert all(abs(g) < 0.3 for g in gaps), gaps
