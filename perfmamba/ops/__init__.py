@@ -199,13 +199,7 @@ def mamba1_mixer_step(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, s
     args = (x, z, conv_state, conv_weight, conv_bias, x_proj_weight, ssm_state, A, D, dt_proj_weight, dt_proj_bias)
     if resolve_backend(backend, x.device) != "triton":
         return mamba1_mixer_step_ref(*args)
-    triton_ops = _triton_module()
-    if bsz <= triton_ops.mamba1_step.MAX_BATCH:
-        return triton_ops.mamba1_mixer_step_triton(*args)
-    x = triton_ops.causal_conv1d_update_triton(x, conv_state, conv_weight, conv_bias, activation="silu")
-    dt, B, C = torch.split(torch.nn.functional.linear(x, x_proj_weight), [rank, n_state, n_state], dim=-1)
-    return triton_ops.selective_state_update_triton(ssm_state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_proj_bias,
-                                                    dt_softplus=True, dt_proj_weight=dt_proj_weight)
+    return _triton_module().mamba1_mixer_step_triton(*args)
 
 
 # ---------------------------------------------------------------------------------------- shape checks

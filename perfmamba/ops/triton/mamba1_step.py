@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from perfmamba.ops.triton.conv1d import causal_conv1d_update_triton
 from perfmamba.ops.triton.selective_scan import interpreting, next_pow2
 from perfmamba.ops.triton.state_update import selective_state_update_triton
 
@@ -67,7 +68,7 @@ def _conv_xproj_kernel(
 
 
 BLOCK_M = 16  # the rows of a tensor-core dot; decode batches up to 16 take one program row
-# Larger batches take the unfused kernels (``perfmamba.ops.mamba1_mixer_step``).  mamba-130m, H200, CUDA graph,
+# Larger batches take the unfused kernels (``mamba1_mixer_step_triton``).  mamba-130m, H200, CUDA graph,
 # per token (2026-12-01): fused 557 / 561 / 569 / 622 / 701 us against 584 / 582 / 591 / 593 / 598 us
 # unfused at batch 1 / 2 / 4 / 8 / 16 (``docs/benchmarks/tuning-h200/decode-fused.txt``).
 MAX_BATCH = 4
@@ -75,12 +76,18 @@ MAX_BATCH = 4
 
 def mamba1_mixer_step_triton(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, ssm_state, A, D,
                              dt_proj_weight, dt_proj_bias):
-    """``mamba1_mixer_step_ref`` in two kernels.  x, z (Bsz, D) (views of in_proj's output); conv_state
-    (Bsz, D, W) and ssm_state (Bsz, D, N), both updated in place; conv_weight (D, W); x_proj_weight
-    (R + 2N, D); dt_proj_weight (D, R).  Returns y (Bsz, D), gated, in x's dtype."""
+    """``mamba1_mixer_step_ref`` in two kernels up to batch MAX_BATCH, in three beyond (the conv update,
+    x_proj by cuBLAS, the state update with dt_proj inside).  x, z (Bsz, D) (views of in_proj's output);
+    conv_state (Bsz, D, W) and ssm_state (Bsz, D, N), both updated in place; conv_weight (D, W);
+    x_proj_weight (R + 2N, D); dt_proj_weight (D, R).  Returns y (Bsz, D), gated, in x's dtype."""
     bsz, dim = x.shape
     n_state = ssm_state.shape[-1]
     rank = dt_proj_weight.shape[1]
+    if bsz > MAX_BATCH:
+        x = causal_conv1d_update_triton(x, conv_state, conv_weight, conv_bias, activation="silu")
+        dt, B, C = torch.split(torch.nn.functional.linear(x, x_proj_weight), [rank, n_state, n_state], dim=-1)
+        return selective_state_update_triton(ssm_state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_proj_bias,
+                                             dt_softplus=True, dt_proj_weight=dt_proj_weight)
     n_proj = x_proj_weight.shape[0]  # R + 2N
     block_d = 32 if interpreting() else 64
     n_blocks = triton.cdiv(dim, block_d)
