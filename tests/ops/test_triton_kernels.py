@@ -67,6 +67,17 @@ def ssd_case(bsz, seqlen, nheads, headdim, groups, n, d_shape, has_z, has_init, 
     return out
 
 
+def with_bc_in_one_buffer(c, extra):
+    """The SSD case ``c`` with B and C moved into one (Bsz, L, 2 G N + extra) buffer, as views (the layout of a
+    Mamba-2 layer's conv output, whose rows also hold x)."""
+    bsz, seqlen, groups, n = c["B"].shape
+    gn = groups * n
+    buf = torch.randn(bsz, seqlen, 2 * gn + extra, generator=_gen(5)).to(c["B"])
+    buf[..., :gn] = c["B"].reshape(bsz, seqlen, gn)
+    buf[..., gn:2 * gn] = c["C"].reshape(bsz, seqlen, gn)
+    return dict(c, B=buf[..., :gn].view(bsz, seqlen, groups, n), C=buf[..., gn:2 * gn].view(bsz, seqlen, groups, n))
+
+
 def check_scan(c, tol, out=None, splits=None):
     args = (c["u"], c["delta"], c["A"], c["B"], c["C"])
     kw = dict(D=c["D"], z=c["z"], delta_bias=c["delta_bias"], delta_softplus=True, return_last_state=True)
@@ -177,6 +188,16 @@ class TestSSDInterpreted:
     def test_every_output_written(self):
         c = ssd_case(1, 70, 2, 32, 1, 7, "h", False, True, seed=17)
         check_ssd(c, 64, 1e-5, out=torch.full_like(c["x"], float("nan")))
+
+    @pytest.mark.parametrize("n,groups,extra,unit", [(24, 2, 0, 8), (12, 1, 16, 8), (12, 2, 0, 4), (6, 2, 4, 2),
+                                                     (8, 1, 32, 1)])
+    def test_b_c_strides_in_units(self, n, groups, extra, unit):
+        # B and C as views into one (Bsz, L, 2 G N + extra) buffer, as a Mamba-2 layer's conv output holds
+        # them: strides that are multiples of 8, 4, 2 (or of 16) reach the kernel divided by that unit
+        from perfmamba.ops.triton.ssd import bc_stride_unit
+        c = with_bc_in_one_buffer(ssd_case(2, 37, 2, 16, groups, n, "h", True, True, seed=n + extra), extra)
+        assert bc_stride_unit(c["B"], c["C"])[0] == unit
+        check_ssd(c, 16, 1e-5)
 
 
 @interpreted
@@ -380,6 +401,24 @@ class TestKernelsOnGPU:
         c = ssd_case(2, seqlen, 4, headdim, groups, n, "h", True, True, device="cuda", dtype=dtype, seed=n)
         check_ssd(c, 256, tol, out=torch.full_like(c["x"], float("nan")))
         check_ssd(c, 256, tol, out=torch.full_like(c["x"], float("nan")), splits=5)  # split-L
+
+    @pytest.mark.parametrize("n,groups,extra", [(56, 1, 8), (24, 2, 0)])
+    def test_ssd_b_c_strides_in_units(self, n, groups, extra):
+        # B, C rows 120 and 96 apart, groups 24 apart: strides passed in units of 8 (bc_stride_unit), every
+        # candidate of both layouts, whole and split-L
+        from perfmamba.ops.triton.ssd import _ssd_configs, bc_stride_unit, ssd_triton
+        c = ssd_case(2, 257, 4, 64, groups, n, "h", True, True, device="cuda", dtype=torch.bfloat16, seed=n)
+        c = with_bc_in_one_buffer(c, extra)
+        assert bc_stride_unit(c["B"], c["C"])[0] == 8
+        kw = dict(D=c["D"], z=c["z"], dt_bias=c["dt_bias"], dt_softplus=True, initial_states=c["initial_states"],
+                  return_final_states=True)
+        f32 = {k: (v.float() if v is not None else None) for k, v in c.items()}
+        yr, hr = ssd_loop_ref(f32["x"], f32["dt"], f32["A"], f32["B"], f32["C"], **kw)
+        for cfg in _ssd_configs(64, n, 256):
+            for splits in (None, 3):
+                y, h = ssd_triton(c["x"], c["dt"], c["A"], c["B"], c["C"], 256, **kw, out=poisoned_like(c["x"]),
+                                  config=cfg, splits=splits)
+                assert rel_err(y, yr) < 1e-2 and rel_err(h, hr) < 1e-2, (cfg, splits)
 
     @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
     def test_norms(self, dtype, tol):

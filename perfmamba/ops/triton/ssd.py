@@ -86,6 +86,17 @@ def _chunk_dt(dt_ptrs, t_mask, is_last, A2, dt_bias, dt_min, dt_max, HAS_DT_BIAS
 
 
 @triton.jit
+def _bc_strides(s_bb, s_bl, s_bg, s_cb, s_cl, s_cg, UNIT: tl.constexpr):
+    """B's and C's batch, step and group strides in elements.  Triton knows an integer argument's
+    divisibility only when it is a multiple of 16; otherwise it loads B and C element by element (N = 56:
+    rows 56 apart, or a group stride of 56 even with G = 1: the SSD of a demo-mamba2 layer pruned to 56
+    states took 1.4x its 64-state time, H200, 2026-12-01).  So such strides arrive divided by UNIT, their
+    largest power-of-two factor (``bc_stride_unit``), and multiplied back by the constant, every row is
+    known to start on a UNIT-element boundary and is loaded as vectors; UNIT = 1 changes nothing."""
+    return s_bb * UNIT, s_bl * UNIT, s_bg * UNIT, s_cb * UNIT, s_cl * UNIT, s_cg * UNIT
+
+
+@triton.jit
 def _ssd_fused_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, h0_ptr, y_ptr, hT_ptr, asum_ptr,
     L, H, P, HEADS_PER_GROUP, dt_min, dt_max, SEG,
@@ -99,7 +110,7 @@ def _ssd_fused_kernel(
     s_yb, s_yl, s_yh, s_yp,  # y (Bsz, L, H, P)
     s_fb, s_fs, s_fh, s_fp, s_fn,  # state leaving each segment (Bsz, S, H, P, N)
     s_ab, s_as,  # log2 decay over each segment (Bsz, S, H), H contiguous
-    N: tl.constexpr,
+    N: tl.constexpr, BC_UNIT: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     CLAMP_DT: tl.constexpr, HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, STATES_ONLY: tl.constexpr,
     SPLIT: tl.constexpr,
@@ -108,6 +119,7 @@ def _ssd_fused_kernel(
     ASM: tl.constexpr,  # inline PTX allowed: compiled for a GPU, not run by the interpreter
     FAST_ACT: tl.constexpr,  # approximate softplus / SiLU (16-bit inputs only)
 ):
+    s_bb, s_bl, s_bg, s_cb, s_cl, s_cg = _bc_strides(s_bb, s_bl, s_bg, s_cb, s_cl, s_cg, BC_UNIT)
     pid_bh = tl.program_id(0)
     pid_p = tl.program_id(1)
     seg = tl.program_id(2)  # which segment of the sequence (split-L mode; 0 otherwise)
@@ -222,7 +234,7 @@ def _ssd_fused_t_kernel(
     s_xb, s_xl, s_xh, s_xp, s_tb, s_tl, s_th, s_bb, s_bl, s_bg, s_bn, s_cb, s_cl, s_cg, s_cn, s_dh, s_dp,
     s_zb, s_zl, s_zh, s_zp, s_ib, s_is, s_ih, s_ip, s_in, s_yb, s_yl, s_yh, s_yp, s_fb, s_fs, s_fh, s_fp, s_fn,
     s_ab, s_as,  # the same arguments as _ssd_fused_kernel
-    N: tl.constexpr,
+    N: tl.constexpr, BC_UNIT: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     CLAMP_DT: tl.constexpr, HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, STATES_ONLY: tl.constexpr,
     SPLIT: tl.constexpr,
@@ -231,6 +243,7 @@ def _ssd_fused_t_kernel(
 ):
     # The transposed layout: every tile has the P channels as rows, so the three dots with P in them have
     # BLOCK_P (64) rows, the M of one Hopper warpgroup MMA, whatever N is (see the module doc).
+    s_bb, s_bl, s_bg, s_cb, s_cl, s_cg = _bc_strides(s_bb, s_bl, s_bg, s_cb, s_cl, s_cg, BC_UNIT)
     pid_bh = tl.program_id(0)
     pid_p = tl.program_id(1)
     seg = tl.program_id(2)
@@ -417,6 +430,23 @@ def _ssd_configs(headdim: int, n_state: int, chunk_size: int):
     return list(dict.fromkeys(cands))
 
 
+def bc_stride_unit(*tensors) -> tuple[int, list]:
+    """(unit, strides) for ``_bc_strides``, from (Bsz, L, G, N) tensors whose N stride is 1.
+
+    A dimension of size 1 gets stride 0 (its index is always 0, so its stride must not spoil the
+    alignment: G = 1 with N = 56 in a Mamba-2 layer's conv output, rows 624 apart, is then all multiples of
+    16).  When every leading stride is a multiple of 16, Triton sees that itself: unit 1, the strides as
+    they are (the same compiled kernel as without this).  Otherwise the unit is the largest power of two
+    dividing them all (8 for N = 56 on its own), and they are passed divided by it.
+    """
+    leading = [[st if size > 1 else 0 for size, st in zip(t.shape[:-1], t.stride()[:-1])] for t in tensors]
+    unit = 16
+    while unit > 1 and any(st % unit for row in leading for st in row):
+        unit //= 2
+    unit = 1 if unit == 16 else unit
+    return unit, [tuple(st // unit for st in row) + (t.stride(-1),) for row, t in zip(leading, tensors)]
+
+
 def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, initial_states=None,
                return_final_states=False, dt_limit=(0.0, float("inf")), out=None, config=None, splits=None):
     """Same arguments, shapes and results as ``ssd_ref``.
@@ -454,6 +484,7 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
     else:
         d_strides = (0, 0)
     zz = z if z is not None else x
+    bc_unit, bc_strides = bc_stride_unit(B, C)
 
     def kernel(cfg, tiles, grid, seg, h_in, h_out, a_sums, states_only):
         block_t, block_p, num_warps, num_stages = cfg[:4]
@@ -463,10 +494,10 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
             h_in if h_in is not None else x, y, h_out if h_out is not None else x,
             a_sums if a_sums is not None else x,
             seqlen, nheads, headdim, nheads // groups, dt_min, dt_max, seg // block_t,
-            *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *d_strides, *zz.stride(),
+            *x.stride(), *dt.stride(), *bc_strides[0], *bc_strides[1], *d_strides, *zz.stride(),
             *split_l.seg_strides(h_in, 5), *y.stride(), *split_l.seg_strides(h_out, 5),
             *(a_sums.stride()[:2] if a_sums is not None else (0, 0)),
-            N=n_state, HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None,
+            N=n_state, BC_UNIT=bc_unit, HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None,
             SOFTPLUS=bool(dt_softplus), CLAMP_DT=clamp, HAS_INIT=h_in is not None,
             STORE_FINAL=h_out is not None, STATES_ONLY=states_only, SPLIT=grid[2] > 1,
             BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=tiles[0], BLOCK_N2=tiles[1],
