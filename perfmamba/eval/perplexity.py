@@ -138,13 +138,6 @@ def score_windows(model, ids: torch.Tensor, context: int = 1024, stride: int = 5
     return nlls, counts
 
 
-def score_tokens(model, ids: torch.Tensor, context: int = 1024, stride: int = 512, batch_size: int = 8,
-                 autocast_dtype=None, on_window: Optional[Callable[[int], None]] = None) -> tuple[float, int, int]:
-    """Summed NLL (nats), scored tokens and window count of a 1-D token tensor."""
-    nlls, counts = score_windows(model, ids, context, stride, batch_size, autocast_dtype, on_window)
-    return math.fsum(nlls), sum(counts), len(nlls)
-
-
 def evaluate_tokens(model, tokens, context: int = 1024, stride: int = 512, batch_size: int = 8,
                     autocast_dtype=None, on_window=None) -> PerplexityResult:
     """``tokens``: a ``data.Tokens`` (ids plus the byte counts needed for bits per byte)."""

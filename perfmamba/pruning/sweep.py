@@ -59,8 +59,9 @@ def bits_per_byte(model, ev: EvalSettings) -> float:
 
 
 def paired_comparisons(accuracy: list, base_nll: list, reference: str) -> list:
-    """``reference`` against every other method at each ratio above 0, window by window on the same text: the difference of their bits/byte changes (percentage points;
-    negative = ``reference`` better) with a 95% paired bootstrap interval (``paired_bootstrap``)."""
+    """``reference`` against every other method at each ratio above 0, window by window on the same text:
+    the difference of their bits/byte changes (percentage points; negative = ``reference`` better) with a
+    95% paired bootstrap interval (``paired_bootstrap``)."""
     from perfmamba.eval.perplexity import paired_bootstrap
     by = {(r["method"], r["ratio"]): r for r in accuracy}
     out = []

@@ -1,12 +1,12 @@
 """The SSD kernel's transposed layout (``_ssd_fused_t_kernel``: P channels as the rows of every tile).
 
 It is chosen by a fifth config element True, so each test passes ``config=`` (under the interpreter the
-autotuner takes its single interpreter candidate, the default layout).  Checked against the step-by-step reference
-``ssd_loop_ref``, whole and split-L, with y pre-filled with NaN: one and two state tiles (7, 16, 32: one;
-40 = 32 + 16, 96 = 64 + 32: two; at BLOCK_T = 64 see ``transposed_tiles``), lengths that are not multiples of BLOCK_T, one and two groups, D of
-shape (H,) and (H, P), with and without z and an initial state.  Without CUDA the kernels run in the
-Triton interpreter on small CPU shapes (set up by ``kernel_harness``); with CUDA the GPU test runs the
-compiled kernels.
+autotuner takes its single interpreter candidate, the default layout).  Checked against the step-by-step
+reference ``ssd_loop_ref``, whole and split-L, with y pre-filled with NaN: one and two state tiles (7, 16,
+32: one; 40 = 32 + 16, 96 = 64 + 32: two; at BLOCK_T = 64 see ``transposed_tiles``), lengths that are not
+multiples of BLOCK_T, one and two groups, D of shape (H,) and (H, P), with and without z and an initial
+state.  Without CUDA the kernels run in the Triton interpreter on small CPU shapes (set up by
+``kernel_harness``); with CUDA the GPU test runs the compiled kernels.
 """
 
 import pytest
