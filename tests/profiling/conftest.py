@@ -48,11 +48,3 @@ def _private_ceilings_cache(tmp_path_factory):
     hardware._COPY_BYTES.update(saved[1])
     hardware._MATMUL_N.update(saved[2])
 
-
-@pytest.fixture
-def one_thread():
-    """Timing tests on a shared 2-core machine are far steadier with one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -1,5 +1,6 @@
-"""The sweep on tiny models: staged timings add up to the whole block, records are complete, an OOM is
-recorded and the sweep goes on, Ctrl-C keeps what was finished, output files read back, compare works."""
+"""The sweep on tiny models: records are complete, each stage is timed once and summed against the whole
+block, an OOM is recorded and the sweep goes on, Ctrl-C keeps what was finished, output files read back,
+compare works."""
 
 import csv
 import dataclasses
@@ -62,24 +63,46 @@ def test_every_configuration_and_component_is_recorded(small_run, tiny_dirs):
     assert slopes[(tiny_dirs["tiny-m2"], "decode", "whole")].flops_slope == pytest.approx(0.0)
 
 
-def test_components_sum_close_to_the_whole_block(tiny_dirs, one_thread):
-    """Each stage timed alone, summed, lands near the block timed as one (a 2-core CI machine is noisy:
-    several samples of several calls each, and up to four attempts, each time kept at its fastest sample
-    over all attempts so far: the least disturbed by other processes)."""
-    whole, parts = {}, {}
-    for _ in range(4):
-        run = run_sweep(_settings(tiny_dirs, seqlens=[64], mode="prefill", repeats=9, min_sample_s=5e-3))
-        assert all(abs(c.sum_vs_whole) < 1.0 for c in run.configs)  # the medians, even on a busy machine
-        for conf in run.configs:
-            key = (conf.model, conf.seqlen)
-            whole[key] = min(whole.get(key, math.inf), conf.whole_time_min_s)
-        for r in run.components:
-            key = (r.model, r.seqlen, r.component)
-            parts[key] = min(parts.get(key, math.inf), r.time_min_s)
-        gaps = [sum(t for k, t in parts.items() if k[:2] == key) / whole[key] - 1 for key in whole]
-        if all(abs(g) < 0.3 for g in gaps):
-            break
-    assert all(abs(g) < 0.3 for g in gaps), gaps
+def test_each_stage_is_timed_once_and_the_parts_are_summed_against_the_whole(tiny_dirs, monkeypatch):
+    """The accounting, on a clock that cannot be disturbed: stage k of a configuration "takes" k + 1 ms and
+    the whole block twice their sum (as medians), so every component's time (the norm's two stages added), its share, the
+    parts' sum and the -50% gap to the whole are known exactly.  (How close the measured parts come to the
+    whole is a measurement, reported by every profile -- the H100 tables show -58% to +6%, launch gaps
+    included -- not something a test on a shared CPU can assert.)"""
+    from perfmamba.profiling import sweep
+    from perfmamba.profiling.timers import TimingStats
+
+    def _spread_around(median):  # the fastest sample is not the median: the gap must use the medians
+        return TimingStats.from_samples([median / 2, median, 3 * median])
+
+    stage_times, timed = [], []
+
+    def fake_time_call(fn, device, warmup=2, repeats=5, min_sample_s=1e-3, flush_l2=None, keep_output=False):
+        out = fn()  # the stage's real output feeds the next stage
+        if keep_output:  # a stage
+            t = (len(stage_times) + 1) * 1e-3
+            stage_times.append(t)
+            return _spread_around(t), out
+        timed.append(list(stage_times))  # the whole: after its stages
+        stage_times.clear()
+        return _spread_around(2 * sum(timed[-1]))
+
+    monkeypatch.setattr(sweep, "time_call", fake_time_call)
+    run = run_sweep(_settings(tiny_dirs, seqlens=[16], mode="both"))
+    assert len(run.configs) == len(timed) == 4
+    for conf, times in zip(run.configs, timed):
+        comps = [r for r in run.components if (r.model, r.mode) == (conf.model, conf.mode)]
+        expected = dict.fromkeys([r.component for r in comps if r.status == "ok"], 0.0)
+        kinds = ["norm"] + [r.component for r in comps if r.status == "ok" and r.component != "norm"] + ["norm"]
+        assert len(kinds) == len(times)  # the pre-norm, each timed component once, the residual add
+        for kind, t in zip(kinds, times):
+            expected[kind] += t
+        assert {r.component: r.time_median_s for r in comps if r.status == "ok"} == pytest.approx(expected)
+        assert conf.components_sum_s == pytest.approx(sum(times))
+        assert conf.whole_time_median_s == pytest.approx(2 * sum(times))
+        assert conf.sum_vs_whole == pytest.approx(-0.5)
+        for r in comps:
+            assert r.time_share == pytest.approx(expected.get(r.component, 0.0) / sum(times))
 
 
 def test_oom_is_recorded_and_the_sweep_goes_on(tiny_dirs, monkeypatch):
