@@ -90,18 +90,6 @@ def test_transposed_tiles():
         (16, 0), (32, 0), (64, 0), (64, 0), (64, 0), (128, 0), (128, 0), (128, 0), (128, 64), (128, 64)]
 
 
-def test_bc_stride_unit():
-    # a Mamba-2 conv output (G = 1, N = 56, rows 512 + 2 x 56 = 624 apart): every stride that matters is a
-    # multiple of 16, so unit 1 and the strides as they are, the group stride zeroed (its index is always 0)
-    conv = torch.empty(2, 100, 624)
-    B = conv[..., 512:568].view(2, 100, 1, 56)
-    assert ssd_mod.bc_stride_unit(B, B) == (1, [(62400, 624, 0, 1)] * 2)
-    # the same B on its own: rows 56 apart, a multiple of 8
-    assert ssd_mod.bc_stride_unit(B.contiguous(), B) == (8, [(700, 7, 0, 1), (7800, 78, 0, 1)])
-    odd = torch.empty(1, 100, 3, 7)  # batch 1: its stride is zeroed too; 21 and 7 are odd
-    assert ssd_mod.bc_stride_unit(odd, odd) == (1, [(0, 21, 7, 1)] * 2)
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 class TestTransposedOnGPU:

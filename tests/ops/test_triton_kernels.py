@@ -156,6 +156,34 @@ class TestSelectiveScanInterpreted:
         c = scan_case(2, 8, seqlen, 16, 1, True, True, True, seed=splits, channels_last=True)
         check_scan(c, 1e-5, out=poisoned_like(c["u"]), splits=splits)
 
+    @pytest.mark.parametrize("seqlen,unit,padded,has_z,splits", [(136, 8, False, True, None), (132, 4, False, False, 3),
+                                                                 (131, 1, True, True, None), (130, 1, True, False, 3)])
+    def test_lengths_not_multiples_of_16(self, seqlen, unit, padded, has_z, splits, monkeypatch):
+        # u and z as the Mamba-1 mixer hands them over (views of in_proj's (2D, Bsz, L) output: rows L
+        # apart, batches L apart) and y poisoned: fp32 rows whose starts are multiples of 4 elements (one
+        # 16-byte vector) reach the kernel with strides and L in units of 8 or 4; below that the scan runs
+        # on copies padded with zeros to a multiple of 16 steps, the state left alone past the true end
+        from perfmamba.ops.triton import selective_scan as scan_mod
+        c = scan_case(2, 4, seqlen, 5, 1, True, has_z, True, seed=seqlen)
+        xz = torch.randn(8, 2, seqlen).permute(1, 0, 2)  # (Bsz, 2D, L), strides (L, Bsz L, 1)
+        xz[:, :4], xz[:, 4:] = c["u"], c["z"] if has_z else 0.0
+        c = dict(c, u=xz[:, :4], z=xz[:, 4:] if has_z else None)
+        launched = []
+        real = scan_mod._selective_scan_kernel
+
+        class Spy:
+            def __getitem__(self, grid):
+                def run(*args, **kwargs):
+                    launched.append((kwargs["UNIT"], kwargs["PADDED"]))
+                    return real[grid](*args, **kwargs)
+                return run
+
+        monkeypatch.setattr(scan_mod, "_selective_scan_kernel", Spy())
+        out = torch.full((2, 4, seqlen), float("nan"))
+        check_scan(c, 1e-5, out=out, splits=splits)
+        assert launched and set(launched) == {(unit, padded)}
+        assert not torch.isnan(out).any()
+
     def test_no_last_state(self):
         c = scan_case(1, 4, 5, 3, 1, False, False, False, seed=11)
         y = ops.selective_scan(c["u"], c["delta"], c["A"], c["B"], c["C"], backend="triton")
@@ -194,9 +222,9 @@ class TestSSDInterpreted:
     def test_b_c_strides_in_units(self, n, groups, extra, unit):
         # B and C as views into one (Bsz, L, 2 G N + extra) buffer, as a Mamba-2 layer's conv output holds
         # them: strides that are multiples of 8, 4, 2 (or of 16) reach the kernel divided by that unit
-        from perfmamba.ops.triton.ssd import bc_stride_unit
+        from perfmamba.ops.triton.alignment import stride_unit
         c = with_bc_in_one_buffer(ssd_case(2, 37, 2, 16, groups, n, "h", True, True, seed=n + extra), extra)
-        assert bc_stride_unit(c["B"], c["C"])[0] == unit
+        assert stride_unit(c["B"], c["C"])[0] == unit
         check_ssd(c, 16, 1e-5)
 
 
@@ -404,12 +432,13 @@ class TestKernelsOnGPU:
 
     @pytest.mark.parametrize("n,groups,extra", [(56, 1, 8), (24, 2, 0)])
     def test_ssd_b_c_strides_in_units(self, n, groups, extra):
-        # B, C rows 120 and 96 apart, groups 24 apart: strides passed in units of 8 (bc_stride_unit), every
+        # B, C rows 120 and 96 apart, groups 24 apart: strides passed in units of 8 (stride_unit), every
         # candidate of both layouts, whole and split-L
-        from perfmamba.ops.triton.ssd import _ssd_configs, bc_stride_unit, ssd_triton
+        from perfmamba.ops.triton.alignment import stride_unit
+        from perfmamba.ops.triton.ssd import _ssd_configs, ssd_triton
         c = ssd_case(2, 257, 4, 64, groups, n, "h", True, True, device="cuda", dtype=torch.bfloat16, seed=n)
         c = with_bc_in_one_buffer(c, extra)
-        assert bc_stride_unit(c["B"], c["C"])[0] == 8
+        assert stride_unit(c["B"], c["C"])[0] == 8
         kw = dict(D=c["D"], z=c["z"], dt_bias=c["dt_bias"], dt_softplus=True, initial_states=c["initial_states"],
                   return_final_states=True)
         f32 = {k: (v.float() if v is not None else None) for k, v in c.items()}

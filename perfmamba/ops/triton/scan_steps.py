@@ -214,11 +214,12 @@ def selective_scan_steps(u, delta, A, Bg, Cg, D, z, delta_bias, delta_softplus, 
     # a group stride of 0 when there is one group: Triton then knows the B/C row is 16-byte aligned
     bstr = (Bg.stride(0), Bg.stride(1) if groups > 1 else 0, Bg.stride(2), Bg.stride(3))
     cstr = (Cg.stride(0), Cg.stride(1) if groups > 1 else 0, Cg.stride(2), Cg.stride(3))
+    strides = (u.stride(), delta.stride(), bstr, cstr, (z if z is not None else u).stride(), y.stride())
 
     def kernel(cfg, grid, seg, h_in, h_out, dt_sums, states_only):
         block_d, n_in, vec, steps, num_warps = cfg
         _scan_steps_kernel[grid](
-            *scan_launch_args(u, delta, A, Bg, Cg, D, z, delta_bias, y, h_in, h_out, dt_sums, seg, bstr, cstr),
+            *scan_launch_args(u, delta, A, Bg, Cg, D, z, delta_bias, y, h_in, h_out, dt_sums, seg, strides),
             **scan_launch_flags(n_state, D, z, delta_bias, delta_softplus, h_in, h_out, states_only, grid),
             BLOCK_D=block_d, N_IN=n_in, VEC=vec, STEPS=steps, **asm_flags(u),
             num_warps=num_warps,

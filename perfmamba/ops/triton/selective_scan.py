@@ -39,6 +39,8 @@ import torch
 import triton
 import triton.language as tl
 
+from perfmamba.ops.triton.alignment import stride_unit
+
 
 def interpreting() -> bool:
     """True under TRITON_INTERPRET=1 (CPU tensors, numpy semantics): tile choices differ there."""
@@ -112,6 +114,10 @@ def _median_ms(fn, repeats: int = 20) -> float:
 
 
 _SPIN_CYCLES_PER_MS = 2_000_000
+
+# Unaligned sequences at least this long are scanned on padded copies (selective_scan_triton); shorter
+# ones are one or two tiles, where the copies would cost about what they save (not measured).
+PAD_FROM_STEPS = 128
 
 
 @triton.jit
@@ -224,7 +230,16 @@ def _selective_scan_kernel(
     NUM_STAGES: tl.constexpr,
     ASM: tl.constexpr,  # inline PTX allowed: compiled for a GPU, not run by the interpreter
     FAST_ACT: tl.constexpr,  # approximate softplus / SiLU (16-bit inputs only)
+    UNIT: tl.constexpr = 1,  # strides and L arrive divided by it (``alignment.stride_unit``)
+    PADDED: tl.constexpr = False,  # inputs padded with zeros past L to a multiple of 16 steps, and y too
 ):
+    L = L * UNIT
+    if PADDED:  # walk (and load, and store) the padding too: whole vectors; the state stops at L_valid
+        L_valid = L
+        L = (L + 15) // 16 * 16
+    s_ub, s_ud, s_tb, s_td = s_ub * UNIT, s_ud * UNIT, s_tb * UNIT, s_td * UNIT
+    s_bb, s_bg, s_bn, s_cb, s_cg, s_cn = s_bb * UNIT, s_bg * UNIT, s_bn * UNIT, s_cb * UNIT, s_cg * UNIT, s_cn * UNIT
+    s_zb, s_zd, s_yb, s_yd = s_zb * UNIT, s_zd * UNIT, s_yb * UNIT, s_yd * UNIT
     pid_bg = tl.program_id(0)
     pid_d = tl.program_id(1)
     seg = tl.program_id(2)  # which segment of the sequence (split-L mode; 0 otherwise)
@@ -293,7 +308,10 @@ def _selective_scan_kernel(
         if SOFTPLUS:
             dt = softplus_act(dt, FAST_ACT)
         # steps past L must leave the state alone: delta = 0 gives a = 1, b = 0
-        dt = tl.where(ld_mask, dt, 0.0)
+        if PADDED:
+            dt = tl.where(ld_mask & (offs_l < L_valid)[:, None], dt, 0.0)
+        else:
+            dt = tl.where(ld_mask, dt, 0.0)
         dtu = materialize(dt * u, ASM)
         dt = materialize(dt, ASM)
 
@@ -391,19 +409,22 @@ def scan_outputs(u, n_state: int, out, return_last_state: bool, channels_last: b
     return y, hlast
 
 
-def scan_launch_args(u, delta, A, Bg, Cg, D, z, delta_bias, y, h_in, h_out, dt_sums, seg, b_strides, c_strides):
+def scan_launch_args(u, delta, A, Bg, Cg, D, z, delta_bias, y, h_in, h_out, dt_sums, seg, strides, length=None):
     """The positional arguments both Mamba-1 scan kernels take (pointers, sizes, strides); an absent tensor
-    is replaced by u (never read).  D and delta_bias are indexed by channel with stride 1."""
+    is replaced by u (never read).  ``strides``: those of u, delta, B, C, z (u's when z is absent) and y,
+    as the kernel is to see them; ``length``: L as the kernel is to see it (default u's).  D and
+    delta_bias are indexed by channel with stride 1."""
     from perfmamba.ops.triton.split import seg_strides
     zz = z if z is not None else u
     groups = Bg.shape[1]
     D = D.contiguous() if D is not None else u
     delta_bias = delta_bias.contiguous() if delta_bias is not None else u
+    s_u, s_t, s_b, s_c, s_z, s_y = strides
     return (u, delta, A, Bg, Cg, D, zz, delta_bias, y,
             h_out if h_out is not None else u, h_in if h_in is not None else u,
             dt_sums if dt_sums is not None else u,
-            u.shape[2], u.shape[1] // groups, groups, seg,
-            *u.stride(), *delta.stride(), *A.stride(), *b_strides, *c_strides, *zz.stride(), *y.stride(),
+            u.shape[2] if length is None else length, u.shape[1] // groups, groups, seg,
+            *s_u, *s_t, *A.stride(), *s_b, *s_c, *s_z, *s_y,
             *seg_strides(h_out, 4), *seg_strides(h_in, 4),
             *(dt_sums.stride() if dt_sums is not None else (0, 0, 0)))
 
@@ -456,26 +477,40 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     Cg = Cg if Cg.stride(-1) == 1 else Cg.contiguous()
     if z is not None and z.stride(-1) != 1:
         z = z.contiguous()
-    y, hlast = scan_outputs(u, n_state, out, return_last_state, channels_last=False)
     if seqlen == 0:
+        y, hlast = scan_outputs(u, n_state, out, return_last_state, channels_last=False)
         return (y, hlast) if return_last_state else y
+    operands = [u, delta, Bg, Cg] + ([z] if z is not None else []) + ([out] if out is not None else [])
+    unit = stride_unit(*operands, sizes=(seqlen,))[0]
+    padded = seqlen >= PAD_FROM_STEPS and unit * min(t.element_size() for t in operands) < 16
+    if padded:
+        # rows that no 16-byte vector can start on (an odd L, say): every load would be one element, and
+        # the tile's registers spill (offline sm_90: 280 16-bit loads and 142 spills per loop at L = 2047,
+        # against 105 16-byte async copies and none at 2048).  The scan runs on copies padded with zeros to
+        # a multiple of 16 steps instead; the kernel leaves the state alone past the true end.
+        grow = functools.partial(torch.nn.functional.pad, pad=(0, -seqlen % 16))
+        u, delta, Bg, Cg = grow(u), grow(delta), grow(Bg), grow(Cg)
+        z = grow(z) if z is not None else None
+    y, hlast = scan_outputs(u, n_state, None if padded else out, return_last_state, channels_last=False)
+    # unit 1 where every stride and L are multiples of 16 (Triton then sees it), and on padded copies
+    unit, strides, _ = stride_unit(u, delta, Bg, Cg, z if z is not None else u, y, sizes=() if padded else (seqlen,))
     block_n = max(2, next_pow2(n_state))
 
     def kernel(cfg, grid, seg, h_in, h_out, dt_sums, states_only):
         block_l, block_d, n_in, num_warps, num_stages = cfg
         _selective_scan_kernel[grid](
             *scan_launch_args(u, delta, A, Bg, Cg, D, z, delta_bias, y, h_in, h_out, dt_sums, seg // block_l,
-                              Bg.stride(), Cg.stride()),
+                              strides, seqlen // unit),
             **scan_launch_flags(n_state, D, z, delta_bias, delta_softplus, h_in, h_out, states_only, grid),
             BLOCK_L=block_l, BLOCK_N=block_n, BLOCK_D=block_d, N_IN=n_in, NUM_STAGES=num_stages,
-            **asm_flags(u), num_warps=num_warps,
+            UNIT=unit, PADDED=padded, **asm_flags(u), num_warps=num_warps,
         )
 
     def launch(cfg):
         block_l, block_d = cfg[0], cfg[1]
         split_l.run_segmented(
             functools.partial(kernel, cfg),
-            (bsz * groups, triton.cdiv(dg, block_d)), bsz, seqlen, block_l, u.device, splits, (dim, n_state),
+            (bsz * groups, triton.cdiv(dg, block_d)), bsz, u.shape[2], block_l, u.device, splits, (dim, n_state),
             per_sm=4, final=hlast, make_coef=lambda: segment_decay_coef(A))
 
     if config is None:
@@ -484,4 +519,6 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
                splits)
         config = pick_config(key, _scan_configs(n_state, seqlen, dg), launch)
     launch(config)
+    if padded:
+        y = y[..., :seqlen] if out is None else out.copy_(y[..., :seqlen])
     return (y, hlast) if return_last_state else y

@@ -52,6 +52,7 @@ import torch
 import triton
 import triton.language as tl
 
+from perfmamba.ops.triton.alignment import stride_unit
 from perfmamba.ops.triton.selective_scan import (asm_flags, exp2_decay, interpreting, next_pow2, pick_config,
                                                  segment_bounds, silu_act, softplus_act)
 
@@ -91,8 +92,8 @@ def _bc_strides(s_bb, s_bl, s_bg, s_cb, s_cl, s_cg, UNIT: tl.constexpr):
     divisibility only when it is a multiple of 16; otherwise it loads B and C element by element (N = 56:
     rows 56 apart, or a group stride of 56 even with G = 1: the SSD of a demo-mamba2 layer pruned to 56
     states took 1.4x its 64-state time, H200, 2026-12-01).  So such strides arrive divided by UNIT, their
-    largest power-of-two factor (``bc_stride_unit``), and multiplied back by the constant, every row is
-    known to start on a UNIT-element boundary and is loaded as vectors; UNIT = 1 changes nothing."""
+    largest power-of-two factor (``alignment.stride_unit``), and multiplied back by the constant, every row
+    is known to start on a UNIT-element boundary and is loaded as vectors; UNIT = 1 changes nothing."""
     return s_bb * UNIT, s_bl * UNIT, s_bg * UNIT, s_cb * UNIT, s_cl * UNIT, s_cg * UNIT
 
 
@@ -430,23 +431,6 @@ def _ssd_configs(headdim: int, n_state: int, chunk_size: int):
     return list(dict.fromkeys(cands))
 
 
-def bc_stride_unit(*tensors) -> tuple[int, list]:
-    """(unit, strides) for ``_bc_strides``, from (Bsz, L, G, N) tensors whose N stride is 1.
-
-    A dimension of size 1 gets stride 0 (its index is always 0, so its stride must not spoil the
-    alignment: G = 1 with N = 56 in a Mamba-2 layer's conv output, rows 624 apart, is then all multiples of
-    16).  When every leading stride is a multiple of 16, Triton sees that itself: unit 1, the strides as
-    they are (the same compiled kernel as without this).  Otherwise the unit is the largest power of two
-    dividing them all (8 for N = 56 on its own), and they are passed divided by it.
-    """
-    leading = [[st if size > 1 else 0 for size, st in zip(t.shape[:-1], t.stride()[:-1])] for t in tensors]
-    unit = 16
-    while unit > 1 and any(st % unit for row in leading for st in row):
-        unit //= 2
-    unit = 1 if unit == 16 else unit
-    return unit, [tuple(st // unit for st in row) + (t.stride(-1),) for row, t in zip(leading, tensors)]
-
-
 def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, initial_states=None,
                return_final_states=False, dt_limit=(0.0, float("inf")), out=None, config=None, splits=None):
     """Same arguments, shapes and results as ``ssd_ref``.
@@ -484,7 +468,7 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
     else:
         d_strides = (0, 0)
     zz = z if z is not None else x
-    bc_unit, bc_strides = bc_stride_unit(B, C)
+    bc_unit, bc_strides, _ = stride_unit(B, C)
 
     def kernel(cfg, tiles, grid, seg, h_in, h_out, a_sums, states_only):
         block_t, block_p, num_warps, num_stages = cfg[:4]

@@ -1,0 +1,31 @@
+"""Strides in units of their power-of-two factor, so that Triton can prove rows aligned.
+
+Triton knows an integer argument's divisibility only when it is a multiple of 16 (it then specializes
+the kernel); any other value is of unknown alignment, and every address computed from it is loaded
+element by element.  A kernel that takes its strides (and, where a mask bound matters, its length)
+divided by their largest power-of-two factor UNIT and multiplies them back by that constexpr is compiled
+knowing each row starts on a UNIT-element boundary: a multiple of 8 is then as good as one of 16 for
+16-bit data (one 16-byte vector).  Measured on an H200 (2026-12-01): the SSD of a demo-mamba2 layer pruned
+to 56 states, whose B/C strides are 56, took 1.4x its 64-state time before, 1.03x after.
+"""
+
+from __future__ import annotations
+
+
+def stride_unit(*tensors, sizes: tuple = ()) -> tuple[int, list, list]:
+    """(unit, strides, sizes): the leading strides of ``tensors`` (each with innermost stride 1) and the
+    integers ``sizes``, divided by the largest power of two below 16 that divides them all.
+
+    A dimension of size 1 gets stride 0 (its index is always 0, so its stride must not spoil the
+    alignment: G = 1 with N = 56 in a Mamba-2 layer's conv output, rows 624 apart, is then all multiples
+    of 16).  When every value is a multiple of 16, Triton sees that itself: unit 1, the values as they are
+    (the same compiled kernel as without this).
+    """
+    leading = [[st if size > 1 else 0 for size, st in zip(t.shape[:-1], t.stride()[:-1])] for t in tensors]
+    values = [st for row in leading for st in row] + list(sizes)
+    unit = 16
+    while unit > 1 and any(v % unit for v in values):
+        unit //= 2
+    unit = 1 if unit == 16 else unit
+    strides = [tuple(st // unit for st in row) + (t.stride(-1),) for row, t in zip(leading, tensors)]
+    return unit, strides, [s // unit for s in sizes]

@@ -1,0 +1,32 @@
+"""The stride-unit rule that lets Triton prove rows aligned (perfmamba/ops/triton/alignment.py)."""
+
+import torch
+
+from perfmamba.ops.triton.alignment import stride_unit
+
+
+def test_multiples_of_16_are_left_to_triton():
+    # a Mamba-2 conv output (G = 1, N = 56, rows 512 + 2 x 56 = 624 apart): every stride that matters is a
+    # multiple of 16, so unit 1 and the strides as they are, the group stride zeroed (its index is always 0)
+    conv = torch.empty(2, 100, 624)
+    B = conv[..., 512:568].view(2, 100, 1, 56)
+    assert stride_unit(B, B) == (1, [(62400, 624, 0, 1)] * 2, [])
+
+
+def test_the_largest_common_power_of_two():
+    B = torch.empty(2, 100, 1, 56)[..., :56]  # rows 56 apart: a multiple of 8
+    wide = torch.empty(2, 100, 78)[..., :56].view(2, 100, 1, 56)  # rows 78 apart: of 2
+    assert stride_unit(B, B) == (8, [(700, 7, 0, 1)] * 2, [])
+    assert stride_unit(B, wide) == (2, [(2800, 28, 0, 1), (3900, 39, 0, 1)], [])
+    odd = torch.empty(1, 100, 3, 7)  # batch 1: its stride is zeroed too; 21 and 7 are odd
+    assert stride_unit(odd, odd) == (1, [(0, 21, 7, 1)] * 2, [])
+
+
+def test_sizes_take_part_and_are_divided_too():
+    # a Mamba-1 scan input (Bsz, D, L): L = 2040 is a multiple of 8, and so is every stride
+    u = torch.empty(3, 4, 2040)
+    assert stride_unit(u, sizes=(2040,)) == (8, [(1020, 255, 1)], [255])
+    assert stride_unit(u, sizes=(2047,))[0] == 1  # an odd length: nothing to gain
+    aligned = torch.empty(3, 4, 2048)
+    assert stride_unit(aligned, sizes=(2048,)) == (1, [(8192, 2048, 1)], [2048])
+    assert stride_unit(aligned, sizes=(2040,)) == (8, [(1024, 256, 1)], [255])
