@@ -7,6 +7,7 @@ Workloads (bf16 inputs, fp32 state):
   * Mamba-1 selective scan, B=8, L=2048, D=1536, N in {16, 8}, with D, z, delta_bias, softplus;
   * Mamba-2 SSD, B=8, L=4096, H=24, P=64, G=1, N in {128, 96, 64, 32, 16}, chunk 256, with D, dt_bias, softplus;
   * batch 1, L=16384: split-L against one sequential walk;
+  * the Mamba-1 scan at L = 2040 and 2047 against the same call with its strides as they are;
   * the Mamba-1 scan on channels-last inputs (the step kernel) against the tile kernel, three shapes.
 
 Each time is the median of many runs (triton.testing.do_bench: CUDA events, warm-up first).  GB/s counts
@@ -166,6 +167,7 @@ def run_main(records, copy_bw):
                                                           dt_softplus=True))
         records.append(rec)
     run_batch1(records)
+    run_unaligned(records)
     run_channels_last(records)
     for rec in records:
         rec["GB_per_s"] = rec["bytes"] / (rec["ours_ms"] * 1e-3) / 1e9
@@ -199,6 +201,24 @@ def run_batch1(records):
                             shape=f"B=1 L={s2['seqlen']} H=24 P=64 G=1 N={n_state} chunk=256 bf16", ours_ms=ours,
                             reference_ms=one, reference="ours without split-L", rel_err_vs_reference=err,
                             bytes=ssd_bytes(args, kw)))
+
+
+def run_unaligned(records):
+    """The Mamba-1 scan at lengths that are not multiples of 16 (B=8, D=1536): 2040 (strides and L passed
+    in units of 8) and 2047 (scanned on zero-padded copies), each against the same call with its strides
+    as they are (``realign=False``: the kernel before, which loads such rows one element at a time)."""
+    from perfmamba.ops.triton.selective_scan import selective_scan_triton
+    for seqlen in (2040, 2047):
+        for n_state in (16, 8):
+            args, kw = scan_inputs(n_state, shape=dict(SCAN_SHAPE, seqlen=seqlen))
+            plain = selective_scan_triton(*args, **kw, realign=False)
+            err = rel_err(selective_scan(*args, **kw, backend="triton"), plain)
+            ours = bench_device(lambda: selective_scan(*args, **kw, backend="triton"))
+            before = bench_device(lambda: selective_scan_triton(*args, **kw, realign=False))
+            records.append(dict(workload=f"mamba1_scan L={seqlen} N={n_state}",
+                                shape=f"B=8 L={seqlen} D=1536 N={n_state} bf16", ours_ms=ours,
+                                reference_ms=before, reference="ours, strides as they are (realign=False)",
+                                rel_err_vs_reference=err, bytes=scan_bytes(args, kw)))
 
 
 def run_channels_last(records):

@@ -2,7 +2,7 @@
 
 import torch
 
-from perfmamba.ops.triton.alignment import stride_unit
+from perfmamba.ops.triton.alignment import common_factor, stride_unit
 
 
 def test_multiples_of_16_are_left_to_triton():
@@ -30,3 +30,11 @@ def test_sizes_take_part_and_are_divided_too():
     aligned = torch.empty(3, 4, 2048)
     assert stride_unit(aligned, sizes=(2048,)) == (1, [(8192, 2048, 1)], [2048])
     assert stride_unit(aligned, sizes=(2040,)) == (8, [(1024, 256, 1)], [255])
+
+
+def test_common_factor_keeps_16():
+    u = torch.empty(3, 4, 2048)
+    assert common_factor(u, sizes=(2048,)) == 16  # stride_unit then leaves the values to Triton
+    assert common_factor(u, sizes=(2044,)) == 4
+    assert common_factor(torch.empty(1, 4, 7)[..., :6]) == 1  # rows 7 apart; the batch of 1 does not count
+    assert common_factor(torch.empty(1, 1, 7)) == 16

@@ -163,7 +163,9 @@ class TestSelectiveScanInterpreted:
         # apart, batches L apart) and y poisoned: fp32 rows whose starts are multiples of 4 elements (one
         # 16-byte vector) reach the kernel with strides and L in units of 8 or 4; below that the scan runs
         # on copies padded with zeros to a multiple of 16 steps, the state left alone past the true end
+        # (from PAD_FROM_ELEMENTS on: lowered here to reach these small inputs)
         from perfmamba.ops.triton import selective_scan as scan_mod
+        monkeypatch.setattr(scan_mod, "PAD_FROM_ELEMENTS", 1000)
         c = scan_case(2, 4, seqlen, 5, 1, True, has_z, True, seed=seqlen)
         xz = torch.randn(8, 2, seqlen).permute(1, 0, 2)  # (Bsz, 2D, L), strides (L, Bsz L, 1)
         xz[:, :4], xz[:, 4:] = c["u"], c["z"] if has_z else 0.0
@@ -183,6 +185,17 @@ class TestSelectiveScanInterpreted:
         check_scan(c, 1e-5, out=out, splits=splits)
         assert launched and set(launched) == {(unit, padded)}
         assert not torch.isnan(out).any()
+        if padded:  # a smaller input is scanned as it is
+            launched.clear()
+            monkeypatch.setattr(scan_mod, "PAD_FROM_ELEMENTS", c["u"].numel() + 1)
+            check_scan(c, 1e-5, out=out, splits=splits)
+            assert set(launched) == {(1, False)}
+        else:  # realign=False passes the strides as they are (bench_kernels.py's comparison)
+            launched.clear()
+            args = (c["u"], c["delta"], c["A"], c["B"], c["C"])
+            kw = dict(D=c["D"], z=c["z"], delta_bias=c["delta_bias"], delta_softplus=True)
+            y = scan_mod.selective_scan_triton(*args, **kw, splits=splits, realign=False)
+            assert set(launched) == {(1, False)} and rel_err(y, selective_scan_ref(*args, **kw)) < 1e-5
 
     def test_no_last_state(self):
         c = scan_case(1, 4, 5, 3, 1, False, False, False, seed=11)
@@ -398,6 +411,24 @@ class TestKernelsOnGPU:
                           channels_last=channels_last)
             check_scan(c, tol, out=poisoned_like(c["u"]))
             check_scan(c, tol, out=poisoned_like(c["u"]), splits=5)  # split-L
+
+    @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+    @pytest.mark.parametrize("seqlen", [2040, 2047, 2044])
+    def test_selective_scan_unaligned_lengths(self, dtype, tol, seqlen, monkeypatch):
+        # rows L apart: in units of 8 (2040; and 2044 in fp32), on zero-padded copies (2047, the threshold
+        # lowered to reach this input), as they are (2044 in bf16); every candidate tile, whole and split-L
+        from perfmamba.ops.triton import selective_scan as scan_mod
+        monkeypatch.setattr(scan_mod, "PAD_FROM_ELEMENTS", 1000)
+        c = scan_case(2, 64, seqlen, 16, 1, True, True, True, device="cuda", dtype=dtype, seed=seqlen)
+        args = (c["u"], c["delta"], c["A"], c["B"], c["C"])
+        kw = dict(D=c["D"], z=c["z"], delta_bias=c["delta_bias"], delta_softplus=True, return_last_state=True)
+        f32 = {k: (v.float() if v is not None else None) for k, v in c.items()}
+        yr, hr = selective_scan_ref(f32["u"], f32["delta"], f32["A"], f32["B"], f32["C"], **kw)
+        for cfg in scan_mod._scan_configs(16, seqlen, 64):
+            for splits in (None, 3):
+                y, h = scan_mod.selective_scan_triton(*args, **kw, out=poisoned_like(c["u"]), splits=splits,
+                                                      config=cfg)
+                assert rel_err(y, yr) < tol and rel_err(h, hr) < tol, (cfg, splits)
 
     @pytest.mark.parametrize("n", [4, 8, 16, 97])
     def test_every_scan_candidate(self, n):

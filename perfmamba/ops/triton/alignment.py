@@ -12,20 +12,26 @@ to 56 states, whose B/C strides are 56, took 1.4x its 64-state time before, 1.03
 from __future__ import annotations
 
 
+def common_factor(*tensors, sizes: tuple = ()) -> int:
+    """The largest power of two up to 16 that divides every leading stride of ``tensors`` (a dimension of
+    size 1 counts as stride 0: its index is always 0) and every integer in ``sizes``."""
+    values = [st for t in tensors for size, st in zip(t.shape[:-1], t.stride()[:-1]) if size > 1] + list(sizes)
+    factor = 16
+    while factor > 1 and any(v % factor for v in values):
+        factor //= 2
+    return factor
+
+
 def stride_unit(*tensors, sizes: tuple = ()) -> tuple[int, list, list]:
     """(unit, strides, sizes): the leading strides of ``tensors`` (each with innermost stride 1) and the
-    integers ``sizes``, divided by the largest power of two below 16 that divides them all.
+    integers ``sizes``, divided by their ``common_factor`` -- or, when that is 16, as they are (unit 1:
+    Triton sees the alignment itself, and the kernel compiles as without this).
 
-    A dimension of size 1 gets stride 0 (its index is always 0, so its stride must not spoil the
-    alignment: G = 1 with N = 56 in a Mamba-2 layer's conv output, rows 624 apart, is then all multiples
-    of 16).  When every value is a multiple of 16, Triton sees that itself: unit 1, the values as they are
-    (the same compiled kernel as without this).
+    A dimension of size 1 gets stride 0 (so that its stride does not spoil the alignment: G = 1 with
+    N = 56 in a Mamba-2 layer's conv output, rows 624 apart, is then all multiples of 16).
     """
+    factor = common_factor(*tensors, sizes=sizes)
+    unit = 1 if factor == 16 else factor
     leading = [[st if size > 1 else 0 for size, st in zip(t.shape[:-1], t.stride()[:-1])] for t in tensors]
-    values = [st for row in leading for st in row] + list(sizes)
-    unit = 16
-    while unit > 1 and any(v % unit for v in values):
-        unit //= 2
-    unit = 1 if unit == 16 else unit
     strides = [tuple(st // unit for st in row) + (t.stride(-1),) for row, t in zip(leading, tensors)]
     return unit, strides, [s // unit for s in sizes]

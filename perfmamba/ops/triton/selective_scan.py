@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from perfmamba.ops.triton.alignment import stride_unit
+from perfmamba.ops.triton.alignment import common_factor, stride_unit
 
 
 def interpreting() -> bool:
@@ -115,9 +115,11 @@ def _median_ms(fn, repeats: int = 20) -> float:
 
 _SPIN_CYCLES_PER_MS = 2_000_000
 
-# Unaligned sequences at least this long are scanned on padded copies (selective_scan_triton); shorter
-# ones are one or two tiles, where the copies would cost about what they save (not measured).
-PAD_FROM_STEPS = 128
+# Inputs whose rows no 16-byte vector can start on are scanned on padded copies (selective_scan_triton)
+# from this many elements of u on, where a copy's time is mostly bandwidth (8 MiB in bf16: a few
+# microseconds on an H200) rather than its launch.  Not measured: no GPU time was left when this was
+# written (see the README's Status).
+PAD_FROM_ELEMENTS = 1 << 22
 
 
 @triton.jit
@@ -451,13 +453,15 @@ def use_step_kernel(u, delta, z, n_state: int) -> bool:
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                          return_last_state=False, out=None, config=None, splits=None):
+                          return_last_state=False, out=None, config=None, splits=None, realign=True):
     """Same arguments, shapes and results as ``selective_scan_ref``.
 
     u, delta, z: (Bsz, D, L); A: (D, N); B, C: (Bsz, N, L) or (Bsz, G, N, L); D, delta_bias: (D,).
     ``out`` (Bsz, D, L) may be passed to receive y (tests pre-fill it with NaN); ``config`` overrides the
     (BLOCK_L, BLOCK_D, N_IN, num_warps, num_stages) choice; ``splits`` the number of sequence segments
-    run in parallel (``perfmamba.ops.triton.split``; default: enough to fill the GPU).
+    run in parallel (``perfmamba.ops.triton.split``; default: enough to fill the GPU).  ``realign=False``
+    passes strides that are not multiples of 16 as they are, neither in units nor padded (the comparison
+    in benchmarks/bench_kernels.py).
     """
     from perfmamba.ops.triton import split as split_l
     bsz, dim, seqlen = u.shape
@@ -481,8 +485,9 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         y, hlast = scan_outputs(u, n_state, out, return_last_state, channels_last=False)
         return (y, hlast) if return_last_state else y
     operands = [u, delta, Bg, Cg] + ([z] if z is not None else []) + ([out] if out is not None else [])
-    unit = stride_unit(*operands, sizes=(seqlen,))[0]
-    padded = seqlen >= PAD_FROM_STEPS and unit * min(t.element_size() for t in operands) < 16
+    # rows start on whole 16-byte vectors where strides and L share a large enough power-of-two factor
+    vectors = realign and common_factor(*operands, sizes=(seqlen,)) * min(t.element_size() for t in operands) >= 16
+    padded = realign and not vectors and u.numel() >= PAD_FROM_ELEMENTS
     if padded:
         # rows that no 16-byte vector can start on (an odd L, say): every load would be one element, and
         # the tile's registers spill (offline sm_90: 280 16-bit loads and 142 spills per loop at L = 2047,
@@ -492,8 +497,12 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         u, delta, Bg, Cg = grow(u), grow(delta), grow(Bg), grow(Cg)
         z = grow(z) if z is not None else None
     y, hlast = scan_outputs(u, n_state, None if padded else out, return_last_state, channels_last=False)
-    # unit 1 where every stride and L are multiples of 16 (Triton then sees it), and on padded copies
-    unit, strides, _ = stride_unit(u, delta, Bg, Cg, z if z is not None else u, y, sizes=() if padded else (seqlen,))
+    zz = z if z is not None else u
+    if vectors or padded:  # unit 1 where Triton sees the alignment itself, and on the padded copies
+        unit, strides, _ = stride_unit(u, delta, Bg, Cg, zz, y, sizes=() if padded else (seqlen,))
+    else:  # as they are: in units of 2 or 4 (bf16 at L = 2046 and 2044) the loop compiled offline to 277
+        # and 64 spills against 142, not clearly better, and it was not measured
+        unit, strides = 1, [t.stride() for t in (u, delta, Bg, Cg, zz, y)]
     block_n = max(2, next_pow2(n_state))
 
     def kernel(cfg, grid, seg, h_in, h_out, dt_sums, states_only):
