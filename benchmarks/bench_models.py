@@ -4,7 +4,8 @@
    vs transformers' plain-torch mixer (eager, as users run it) on the same weights; time ratio and peak
    memory.
 2. Whole 130m LMs, batch 1, prefill at L in {1024, 16384}: eager and CUDA-graph captured, with every
-   position's logits and with the last position's only (as generate runs it).
+   position's logits and with the last position's only (as generate runs it); and at L in {1000, 16383},
+   lengths that are not multiples of 16, with the last position's only.
 3. Decode per token (after a 128-token prompt), batch 1 and 16: eager and CUDA graph.
 mamba_ssm's models are timed beside ours when `mamba_ssm` happens to be importable (never required).
 
@@ -101,24 +102,27 @@ def bench_layers(records, repeats):
 def bench_prefill(records, model, name, repeats, ssm_model=None):
     """Prefill at L = 1024 and 16384, twice: with the logits of every position (a scoring forward, what
     mamba_ssm's and transformers' models return by default) and with the last position's only (what
-    ``generate`` runs: ``logits_to_keep=1``, mamba_ssm's ``num_last_tokens=1``)."""
-    for seqlen in (1024, 16384):
+    ``generate`` runs: ``logits_to_keep=1``, mamba_ssm's ``num_last_tokens=1``).  Then prompts whose length
+    is not a multiple of 16 (1000 and 16383, last-token logits), which Mamba-1's scan takes in units of 8
+    and on zero-padded copies."""
+    cases = [(1024, 0), (1024, 1), (16384, 0), (16384, 1), (1000, 1), (16383, 1)]
+    for seqlen, keep in cases:
         ids = torch.randint(0, model.config.vocab_size, (1, seqlen), device="cuda")
-        for keep, label in ((0, "LM prefill"), (1, "LM prefill, last-token logits")):
-            with torch.inference_mode():
-                eager_ms = cuda_median_ms(lambda: model.forward_unchecked(ids, None, keep), repeats=repeats)
-                graph = GraphPrefill(model, 1, seqlen, logits_to_keep=keep)
-                graph_ms = cuda_median_ms(lambda: graph(ids), repeats=repeats)
-                rec = {"workload": f"{name} {label}", "batch": 1, "seqlen": seqlen, "logits_to_keep": keep,
-                       "eager_ms": eager_ms, "ours_ms": min(eager_ms, graph_ms), "graph_ms": graph_ms,
-                       "tokens_per_s": seqlen / (min(eager_ms, graph_ms) / 1e3)}
-                if ssm_model is not None:
-                    rec["reference"] = "mamba_ssm"
-                    rec["reference_ms"] = cuda_median_ms(lambda: ssm_model(ids, num_last_tokens=keep),
-                                                         repeats=repeats)
-                del graph
-            records.append(rec)
-            print(rec, flush=True)
+        label = "LM prefill, last-token logits" if keep else "LM prefill"
+        with torch.inference_mode():
+            eager_ms = cuda_median_ms(lambda: model.forward_unchecked(ids, None, keep), repeats=repeats)
+            graph = GraphPrefill(model, 1, seqlen, logits_to_keep=keep)
+            graph_ms = cuda_median_ms(lambda: graph(ids), repeats=repeats)
+            rec = {"workload": f"{name} {label}", "batch": 1, "seqlen": seqlen, "logits_to_keep": keep,
+                   "eager_ms": eager_ms, "ours_ms": min(eager_ms, graph_ms), "graph_ms": graph_ms,
+                   "tokens_per_s": seqlen / (min(eager_ms, graph_ms) / 1e3)}
+            if ssm_model is not None:
+                rec["reference"] = "mamba_ssm"
+                rec["reference_ms"] = cuda_median_ms(lambda: ssm_model(ids, num_last_tokens=keep),
+                                                     repeats=repeats)
+            del graph
+        records.append(rec)
+        print(rec, flush=True)
 
 
 def bench_decode(records, model, name, tokens=64):
