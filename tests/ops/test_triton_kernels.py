@@ -67,15 +67,22 @@ def ssd_case(bsz, seqlen, nheads, headdim, groups, n, d_shape, has_z, has_init, 
     return out
 
 
-def with_bc_in_one_buffer(c, extra):
-    """The SSD case ``c`` with B and C moved into one (Bsz, L, 2 G N + extra) buffer, as views (the layout of a
-    Mamba-2 layer's conv output, whose rows also hold x)."""
+def with_bc_in_one_buffer(c, extra, with_x=False):
+    """The SSD case ``c`` with B and C (and x first, ``with_x``) moved into one (Bsz, L, [H P +] 2 G N + extra)
+    buffer, as views: the layout of a Mamba-2 layer's conv output."""
     bsz, seqlen, groups, n = c["B"].shape
     gn = groups * n
-    buf = torch.randn(bsz, seqlen, 2 * gn + extra, generator=_gen(5)).to(c["B"])
-    buf[..., :gn] = c["B"].reshape(bsz, seqlen, gn)
-    buf[..., gn:2 * gn] = c["C"].reshape(bsz, seqlen, gn)
-    return dict(c, B=buf[..., :gn].view(bsz, seqlen, groups, n), C=buf[..., gn:2 * gn].view(bsz, seqlen, groups, n))
+    hp = c["x"].shape[2] * c["x"].shape[3] if with_x else 0
+    buf = torch.randn(bsz, seqlen, hp + 2 * gn + extra, generator=_gen(5)).to(c["B"])
+    if with_x:
+        buf[..., :hp] = c["x"].reshape(bsz, seqlen, hp)
+    buf[..., hp:hp + gn] = c["B"].reshape(bsz, seqlen, gn)
+    buf[..., hp + gn:hp + 2 * gn] = c["C"].reshape(bsz, seqlen, gn)
+    out = dict(c, B=buf[..., hp:hp + gn].view(bsz, seqlen, groups, n),
+               C=buf[..., hp + gn:hp + 2 * gn].view(bsz, seqlen, groups, n))
+    if with_x:
+        out["x"] = buf[..., :hp].view(c["x"].shape)
+    return out
 
 
 def check_scan(c, tol, out=None, splits=None):
@@ -239,6 +246,28 @@ class TestSSDInterpreted:
         c = with_bc_in_one_buffer(ssd_case(2, 37, 2, 16, groups, n, "h", True, True, seed=n + extra), extra)
         assert stride_unit(c["B"], c["C"])[0] == unit
         check_ssd(c, 16, 1e-5)
+
+
+    @pytest.mark.parametrize("n,extra,x_unit", [(12, 0, 8), (6, 4, 1), (5, 0, 2)])
+    def test_x_in_a_conv_output_row(self, n, extra, x_unit, monkeypatch):
+        # x, B and C as views into one (Bsz, L, H P + 2 N + extra) row, as a Mamba-2 layer's conv output
+        # holds them: rows 56 apart reach the kernel in units of 8, 42 in units of 2, 48 as they are
+        from perfmamba.ops.triton import ssd as ssd_mod
+        c = with_bc_in_one_buffer(ssd_case(2, 37, 2, 16, 1, n, "h", False, True, seed=n + extra), extra,
+                                  with_x=True)
+        units = []
+        real = ssd_mod._ssd_fused_kernel
+
+        class Spy:
+            def __getitem__(self, grid):
+                def run(*args, **kwargs):
+                    units.append(kwargs["X_UNIT"])
+                    return real[grid](*args, **kwargs)
+                return run
+
+        monkeypatch.setattr(ssd_mod, "_ssd_fused_kernel", Spy())
+        check_ssd(c, 16, 1e-5)
+        assert units and set(units) == {x_unit}
 
 
 @interpreted
@@ -478,6 +507,23 @@ class TestKernelsOnGPU:
             for splits in (None, 3):
                 y, h = ssd_triton(c["x"], c["dt"], c["A"], c["B"], c["C"], 256, **kw, out=poisoned_like(c["x"]),
                                   config=cfg, splits=splits)
+                assert rel_err(y, yr) < 1e-2 and rel_err(h, hr) < 1e-2, (cfg, splits)
+
+    def test_ssd_x_in_a_conv_output_row(self):
+        # x, B, C in one row of 4 x 64 + 2 x 60 = 376 elements (a layer pruned to 60 states): x's and B/C's
+        # strides in units of 8; every candidate of both layouts, whole and split-L
+        from perfmamba.ops.triton.alignment import stride_unit
+        from perfmamba.ops.triton.ssd import _ssd_configs, ssd_triton
+        c = ssd_case(2, 257, 4, 64, 1, 60, "h", False, True, device="cuda", dtype=torch.bfloat16, seed=60)
+        c = with_bc_in_one_buffer(c, 0, with_x=True)
+        assert stride_unit(c["x"])[0] == 8 and stride_unit(c["B"], c["C"])[0] == 8
+        kw = dict(D=c["D"], dt_bias=c["dt_bias"], dt_softplus=True, initial_states=c["initial_states"],
+                  return_final_states=True)
+        f32 = {k: (v.float() if v is not None else None) for k, v in c.items()}
+        yr, hr = ssd_loop_ref(f32["x"], f32["dt"], f32["A"], f32["B"], f32["C"], **kw)
+        for cfg in _ssd_configs(64, 60, 256):
+            for splits in (None, 3):
+                y, h = ssd_triton(c["x"], c["dt"], c["A"], c["B"], c["C"], 256, **kw, config=cfg, splits=splits)
                 assert rel_err(y, yr) < 1e-2 and rel_err(h, hr) < 1e-2, (cfg, splits)
 
     @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])

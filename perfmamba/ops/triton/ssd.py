@@ -111,7 +111,7 @@ def _ssd_fused_kernel(
     s_yb, s_yl, s_yh, s_yp,  # y (Bsz, L, H, P)
     s_fb, s_fs, s_fh, s_fp, s_fn,  # state leaving each segment (Bsz, S, H, P, N)
     s_ab, s_as,  # log2 decay over each segment (Bsz, S, H), H contiguous
-    N: tl.constexpr, BC_UNIT: tl.constexpr,
+    N: tl.constexpr, BC_UNIT: tl.constexpr, X_UNIT: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     CLAMP_DT: tl.constexpr, HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, STATES_ONLY: tl.constexpr,
     SPLIT: tl.constexpr,
@@ -121,6 +121,7 @@ def _ssd_fused_kernel(
     FAST_ACT: tl.constexpr,  # approximate softplus / SiLU (16-bit inputs only)
 ):
     s_bb, s_bl, s_bg, s_cb, s_cl, s_cg = _bc_strides(s_bb, s_bl, s_bg, s_cb, s_cl, s_cg, BC_UNIT)
+    s_xb, s_xl, s_xh = s_xb * X_UNIT, s_xl * X_UNIT, s_xh * X_UNIT  # likewise x (a conv-output view)
     pid_bh = tl.program_id(0)
     pid_p = tl.program_id(1)
     seg = tl.program_id(2)  # which segment of the sequence (split-L mode; 0 otherwise)
@@ -235,7 +236,7 @@ def _ssd_fused_t_kernel(
     s_xb, s_xl, s_xh, s_xp, s_tb, s_tl, s_th, s_bb, s_bl, s_bg, s_bn, s_cb, s_cl, s_cg, s_cn, s_dh, s_dp,
     s_zb, s_zl, s_zh, s_zp, s_ib, s_is, s_ih, s_ip, s_in, s_yb, s_yl, s_yh, s_yp, s_fb, s_fs, s_fh, s_fp, s_fn,
     s_ab, s_as,  # the same arguments as _ssd_fused_kernel
-    N: tl.constexpr, BC_UNIT: tl.constexpr,
+    N: tl.constexpr, BC_UNIT: tl.constexpr, X_UNIT: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     CLAMP_DT: tl.constexpr, HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, STATES_ONLY: tl.constexpr,
     SPLIT: tl.constexpr,
@@ -245,6 +246,7 @@ def _ssd_fused_t_kernel(
     # The transposed layout: every tile has the P channels as rows, so the three dots with P in them have
     # BLOCK_P (64) rows, the M of one Hopper warpgroup MMA, whatever N is (see the module doc).
     s_bb, s_bl, s_bg, s_cb, s_cl, s_cg = _bc_strides(s_bb, s_bl, s_bg, s_cb, s_cl, s_cg, BC_UNIT)
+    s_xb, s_xl, s_xh = s_xb * X_UNIT, s_xl * X_UNIT, s_xh * X_UNIT  # likewise x (a conv-output view)
     pid_bh = tl.program_id(0)
     pid_p = tl.program_id(1)
     seg = tl.program_id(2)
@@ -469,6 +471,7 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
         d_strides = (0, 0)
     zz = z if z is not None else x
     bc_unit, bc_strides, _ = stride_unit(B, C)
+    x_unit, (x_strides,), _ = stride_unit(x)  # its own unit: B's could lose x's multiple of 16
 
     def kernel(cfg, tiles, grid, seg, h_in, h_out, a_sums, states_only):
         block_t, block_p, num_warps, num_stages = cfg[:4]
@@ -478,10 +481,11 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
             h_in if h_in is not None else x, y, h_out if h_out is not None else x,
             a_sums if a_sums is not None else x,
             seqlen, nheads, headdim, nheads // groups, dt_min, dt_max, seg // block_t,
-            *x.stride(), *dt.stride(), *bc_strides[0], *bc_strides[1], *d_strides, *zz.stride(),
+            *x_strides, *dt.stride(), *bc_strides[0], *bc_strides[1], *d_strides, *zz.stride(),
             *split_l.seg_strides(h_in, 5), *y.stride(), *split_l.seg_strides(h_out, 5),
             *(a_sums.stride()[:2] if a_sums is not None else (0, 0)),
-            N=n_state, BC_UNIT=bc_unit, HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None,
+            N=n_state, BC_UNIT=bc_unit, X_UNIT=x_unit, HAS_D=D is not None, HAS_Z=z is not None,
+            HAS_DT_BIAS=dt_bias is not None,
             SOFTPLUS=bool(dt_softplus), CLAMP_DT=clamp, HAS_INIT=h_in is not None,
             STORE_FINAL=h_out is not None, STATES_ONLY=states_only, SPLIT=grid[2] > 1,
             BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=tiles[0], BLOCK_N2=tiles[1],
