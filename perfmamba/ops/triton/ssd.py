@@ -87,14 +87,18 @@ def _chunk_dt(dt_ptrs, t_mask, is_last, A2, dt_bias, dt_min, dt_max, HAS_DT_BIAS
 
 
 @triton.jit
-def _bc_strides(s_bb, s_bl, s_bg, s_cb, s_cl, s_cg, UNIT: tl.constexpr):
-    """B's and C's batch, step and group strides in elements.  Triton knows an integer argument's
-    divisibility only when it is a multiple of 16; otherwise it loads B and C element by element (N = 56:
-    rows 56 apart, or a group stride of 56 even with G = 1: the SSD of a demo-mamba2 layer pruned to 56
-    states took 1.4x its 64-state time, H200, 2026-12-01).  So such strides arrive divided by UNIT, their
-    largest power-of-two factor (``alignment.stride_unit``), and multiplied back by the constant, every row
-    is known to start on a UNIT-element boundary and is loaded as vectors; UNIT = 1 changes nothing."""
-    return s_bb * UNIT, s_bl * UNIT, s_bg * UNIT, s_cb * UNIT, s_cl * UNIT, s_cg * UNIT
+def _strides_in_elements(s_xb, s_xl, s_xh, X_UNIT: tl.constexpr, s_bb, s_bl, s_bg, s_cb, s_cl, s_cg,
+                         BC_UNIT: tl.constexpr):
+    """x's batch, step and head strides, and B's and C's batch, step and group strides, in elements.
+    Triton knows an integer argument's divisibility only when it is a multiple of 16; otherwise it loads
+    element by element (B and C at N = 56: rows 56 apart, or a group stride of 56 even with G = 1: the SSD
+    of a demo-mamba2 layer pruned to 56 states took 1.4x its 64-state time, H200, 2026-12-01; x where the
+    conv output's rows are not multiples of 16).  So such strides arrive divided by a unit, their largest
+    power-of-two factor (``alignment.stride_unit``; x's its own, since B's could lose x's multiple of 16),
+    and are multiplied back by the constant: every row is known to start on a unit-element boundary and
+    is loaded as vectors.  A unit of 1 changes nothing."""
+    return (s_xb * X_UNIT, s_xl * X_UNIT, s_xh * X_UNIT,
+            s_bb * BC_UNIT, s_bl * BC_UNIT, s_bg * BC_UNIT, s_cb * BC_UNIT, s_cl * BC_UNIT, s_cg * BC_UNIT)
 
 
 @triton.jit
@@ -120,8 +124,8 @@ def _ssd_fused_kernel(
     ASM: tl.constexpr,  # inline PTX allowed: compiled for a GPU, not run by the interpreter
     FAST_ACT: tl.constexpr,  # approximate softplus / SiLU (16-bit inputs only)
 ):
-    s_bb, s_bl, s_bg, s_cb, s_cl, s_cg = _bc_strides(s_bb, s_bl, s_bg, s_cb, s_cl, s_cg, BC_UNIT)
-    s_xb, s_xl, s_xh = s_xb * X_UNIT, s_xl * X_UNIT, s_xh * X_UNIT  # likewise x (a conv-output view)
+    s_xb, s_xl, s_xh, s_bb, s_bl, s_bg, s_cb, s_cl, s_cg = _strides_in_elements(
+        s_xb, s_xl, s_xh, X_UNIT, s_bb, s_bl, s_bg, s_cb, s_cl, s_cg, BC_UNIT)
     pid_bh = tl.program_id(0)
     pid_p = tl.program_id(1)
     seg = tl.program_id(2)  # which segment of the sequence (split-L mode; 0 otherwise)
@@ -245,8 +249,8 @@ def _ssd_fused_t_kernel(
 ):
     # The transposed layout: every tile has the P channels as rows, so the three dots with P in them have
     # BLOCK_P (64) rows, the M of one Hopper warpgroup MMA, whatever N is (see the module doc).
-    s_bb, s_bl, s_bg, s_cb, s_cl, s_cg = _bc_strides(s_bb, s_bl, s_bg, s_cb, s_cl, s_cg, BC_UNIT)
-    s_xb, s_xl, s_xh = s_xb * X_UNIT, s_xl * X_UNIT, s_xh * X_UNIT  # likewise x (a conv-output view)
+    s_xb, s_xl, s_xh, s_bb, s_bl, s_bg, s_cb, s_cl, s_cg = _strides_in_elements(
+        s_xb, s_xl, s_xh, X_UNIT, s_bb, s_bl, s_bg, s_cb, s_cl, s_cg, BC_UNIT)
     pid_bh = tl.program_id(0)
     pid_p = tl.program_id(1)
     seg = tl.program_id(2)
@@ -471,7 +475,7 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
         d_strides = (0, 0)
     zz = z if z is not None else x
     bc_unit, bc_strides, _ = stride_unit(B, C)
-    x_unit, (x_strides,), _ = stride_unit(x)  # its own unit: B's could lose x's multiple of 16
+    x_unit, (x_strides,), _ = stride_unit(x)  # its own unit (see _strides_in_elements)
 
     def kernel(cfg, tiles, grid, seg, h_in, h_out, a_sums, states_only):
         block_t, block_p, num_warps, num_stages = cfg[:4]
