@@ -92,3 +92,20 @@ def count_state_passing(monkeypatch):
 
     monkeypatch.setattr(split_l, "state_passing", counting)
     return passes
+
+
+def record_launches(monkeypatch, module, kernel: str, *flags: str) -> list:
+    """Record the ``flags`` (constexpr keyword arguments) of every launch of ``module.kernel`` in the
+    returned list, one tuple per launch; the kernel still runs."""
+    real = getattr(module, kernel)
+    launches = []
+
+    class Spy:
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                launches.append(tuple(kwargs[f] for f in flags))
+                return real[grid](*args, **kwargs)
+            return run
+
+    monkeypatch.setattr(module, kernel, Spy())
+    return launches

@@ -8,7 +8,8 @@ NaN-filled ``out=`` buffer is handed to a launcher directly to prove that every 
 
 import pytest
 import torch
-from kernel_harness import CUDA, interpreted, interpreter_env, ops, poisoned_like, rel_err  # noqa: F401
+from kernel_harness import (CUDA, interpreted, interpreter_env, ops, poisoned_like, record_launches,  # noqa: F401
+                            rel_err)
 
 from perfmamba.ops.conv_ref import causal_conv1d_ref, causal_conv1d_update_ref
 from perfmamba.ops.norm_ref import rms_norm_ref
@@ -177,17 +178,7 @@ class TestSelectiveScanInterpreted:
         xz = torch.randn(8, 2, seqlen).permute(1, 0, 2)  # (Bsz, 2D, L), strides (L, Bsz L, 1)
         xz[:, :4], xz[:, 4:] = c["u"], c["z"] if has_z else 0.0
         c = dict(c, u=xz[:, :4], z=xz[:, 4:] if has_z else None)
-        launched = []
-        real = scan_mod._selective_scan_kernel
-
-        class Spy:
-            def __getitem__(self, grid):
-                def run(*args, **kwargs):
-                    launched.append((kwargs["UNIT"], kwargs["PADDED"]))
-                    return real[grid](*args, **kwargs)
-                return run
-
-        monkeypatch.setattr(scan_mod, "_selective_scan_kernel", Spy())
+        launched = record_launches(monkeypatch, scan_mod, "_selective_scan_kernel", "UNIT", "PADDED")
         out = torch.full((2, 4, seqlen), float("nan"))
         check_scan(c, 1e-5, out=out, splits=splits)
         assert launched and set(launched) == {(unit, padded)}
@@ -255,19 +246,9 @@ class TestSSDInterpreted:
         from perfmamba.ops.triton import ssd as ssd_mod
         c = with_bc_in_one_buffer(ssd_case(2, 37, 2, 16, 1, n, "h", False, True, seed=n + extra), extra,
                                   with_x=True)
-        units = []
-        real = ssd_mod._ssd_fused_kernel
-
-        class Spy:
-            def __getitem__(self, grid):
-                def run(*args, **kwargs):
-                    units.append(kwargs["X_UNIT"])
-                    return real[grid](*args, **kwargs)
-                return run
-
-        monkeypatch.setattr(ssd_mod, "_ssd_fused_kernel", Spy())
+        units = record_launches(monkeypatch, ssd_mod, "_ssd_fused_kernel", "X_UNIT")
         check_ssd(c, 16, 1e-5)
-        assert units and set(units) == {x_unit}
+        assert units and set(units) == {(x_unit,)}
 
 
 @interpreted
