@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from perfmamba.fileio import write_json_atomic, write_text_atomic  # noqa: E402
-from perfmamba.models.cuda_graph import _warm_up  # noqa: E402
+from perfmamba.models.cuda_graph import capture  # noqa: E402
 from perfmamba.ops import selective_scan, ssd  # noqa: E402
 from perfmamba.report.environment import device_tag, git_revision  # noqa: E402
 
@@ -51,11 +51,10 @@ def bench_device(fn, calls=10):
     (the Python launcher and Triton's argument handling, about 0.15-0.2 ms here) times the host: on an H200
     (2026-12-01) the Mamba-1 scan at N=8 read 0.19-0.20 ms through ``perfmamba.ops`` and 0.146 ms through
     the launcher alone, for the same kernel.  The issue's reference times are kernel times, hence this."""
-    _warm_up(fn, torch.device("cuda"))  # compiles and tunes outside the capture, as capture requires
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    def repeated():
         for _ in range(calls):
             fn()
+    graph, _ = capture(repeated, torch.device("cuda"), warmup_steps=1)  # compiles and tunes before capturing
     ms = bench(graph.replay) / calls
     del graph
     return ms

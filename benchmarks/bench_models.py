@@ -30,7 +30,7 @@ from perfmamba.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 from perfmamba.profiling.timers import time_call  # noqa: E402
 from perfmamba.config import get_preset  # noqa: E402
 from perfmamba.models.block import MIXERS  # noqa: E402
-from perfmamba.models.cuda_graph import GraphPrefill, _warm_up  # noqa: E402
+from perfmamba.models.cuda_graph import GraphPrefill, capture  # noqa: E402
 from perfmamba.report.environment import device_tag, environment_info  # noqa: E402
 
 
@@ -51,11 +51,7 @@ def peak_mb(fn) -> float:
 def graphed(fn):
     """``fn`` captured once in a CUDA graph; returns the replay (our layer's time without launch overhead:
     an eager layer call is 10 to 20 kernel launches, each with Python-side cost)."""
-    _warm_up(fn, "cuda")
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
+    return capture(fn, "cuda")[0].replay
 
 
 def hf_mixer(preset: str, ours):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from perfmamba.models.cache import InferenceCache
+from perfmamba.ops.replay import for_replay
 
 
 class GraphDecoder:
@@ -21,10 +22,8 @@ class GraphDecoder:
         self.model = model
         self.cache: InferenceCache = model.allocate_cache(batch_size)
         self.token = torch.zeros(batch_size, dtype=torch.long, device=device)  # (Bsz,) static input
-        _warm_up(lambda: model.step(self.token, self.cache), device, warmup_steps)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.inference_mode():
-            self.logits = model.step(self.token, self.cache)  # (Bsz, V) static output
+        # (Bsz, V) static output
+        self.graph, self.logits = capture(lambda: model.step(self.token, self.cache), device, warmup_steps)
         self.cache.reset()
 
     @torch.inference_mode()
@@ -52,6 +51,18 @@ def _warm_up(fn, device, steps: int = 2) -> None:
     torch.cuda.current_stream(device).wait_stream(stream)
 
 
+def capture(fn, device, warmup_steps: int = 2):
+    """(graph, what ``fn`` returned while being captured): ``fn`` warmed up, then captured, in inference
+    mode.  Both inside ``for_replay()``: the kernels then choose as for a replay, which has no launch cost,
+    and the warm-up compiles the same kernels that the capture records."""
+    with for_replay():
+        _warm_up(fn, device, warmup_steps)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.inference_mode():
+            result = fn()
+    return graph, result
+
+
 class GraphPrefill:
     """``model(input_ids)`` for one fixed (batch, length), captured once and replayed.
 
@@ -67,10 +78,8 @@ class GraphPrefill:
         self.model = model
         self.input_ids = torch.zeros(batch_size, seqlen, dtype=torch.long, device=device)  # static input
         forward = model.forward_unchecked
-        _warm_up(lambda: forward(self.input_ids, None, logits_to_keep), device)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.inference_mode():
-            self.logits = forward(self.input_ids, None, logits_to_keep)  # (Bsz, L or logits_to_keep, V)
+        # logits (Bsz, L or logits_to_keep, V): a static output
+        self.graph, self.logits = capture(lambda: forward(self.input_ids, None, logits_to_keep), device)
 
     @torch.inference_mode()
     def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 import torch
 
-from perfmamba.ops.triton.alignment import common_factor, stride_unit
+from perfmamba.ops.triton.alignment import common_factor, padded_copy, stride_unit
 
 
 def test_multiples_of_16_are_left_to_triton():
@@ -38,3 +38,13 @@ def test_common_factor_keeps_16():
     assert common_factor(u, sizes=(2044,)) == 4
     assert common_factor(torch.empty(1, 4, 7)[..., :6]) == 1  # rows 7 apart; the batch of 1 does not count
     assert common_factor(torch.empty(1, 1, 7)) == 16
+
+
+def test_padded_copy_keeps_the_values_and_zeros_the_rest():
+    # u as the Mamba-1 mixer hands it over: a view of a (2D, Bsz, L) buffer, rows L apart, not contiguous
+    xz = torch.randn(8, 3, 35).permute(1, 0, 2)
+    u = xz[:, :4]
+    out = padded_copy(u, 48)
+    assert out.shape == (3, 4, 48) and out.is_contiguous()
+    assert torch.equal(out[..., :35], u) and not out[..., 35:].any()
+    assert torch.equal(padded_copy(u, 35), u)  # nothing to pad: a plain copy

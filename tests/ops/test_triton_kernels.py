@@ -195,6 +195,23 @@ class TestSelectiveScanInterpreted:
             y = scan_mod.selective_scan_triton(*args, **kw, splits=splits, realign=False)
             assert set(launched) == {(1, False)} and rel_err(y, selective_scan_ref(*args, **kw)) < 1e-5
 
+    def test_padding_chosen_for_a_graph_replay(self, monkeypatch):
+        # an unaligned input between the two thresholds: loaded as it is when launched eagerly, scanned on
+        # padded copies inside for_replay() (a CUDA graph's warm-up and capture); both right
+        from perfmamba.ops.replay import for_replay
+        from perfmamba.ops.triton import selective_scan as scan_mod
+        monkeypatch.setattr(scan_mod, "PAD_FROM_ELEMENTS", 10**9)
+        monkeypatch.setattr(scan_mod, "PAD_FROM_ELEMENTS_REPLAYED", 100)
+        c = scan_case(2, 4, 35, 5, 1, True, True, True, seed=35)
+        launched = record_launches(monkeypatch, scan_mod, "_selective_scan_kernel", "PADDED")
+        check_scan(c, 1e-5)
+        assert set(launched) == {(False,)} and scan_mod.pad_threshold() == 10**9
+        launched.clear()
+        with for_replay():
+            check_scan(c, 1e-5)
+            assert scan_mod.pad_threshold() == 100
+        assert set(launched) == {(True,)} and scan_mod.pad_threshold() == 10**9
+
     def test_no_last_state(self):
         c = scan_case(1, 4, 5, 3, 1, False, False, False, seed=11)
         y = ops.selective_scan(c["u"], c["delta"], c["A"], c["B"], c["C"], backend="triton")
@@ -439,6 +456,29 @@ class TestKernelsOnGPU:
                 y, h = scan_mod.selective_scan_triton(*args, **kw, out=poisoned_like(c["u"]), splits=splits,
                                                       config=cfg)
                 assert rel_err(y, yr) < tol and rel_err(h, hr) < tol, (cfg, splits)
+
+    def test_unaligned_scan_captured_in_a_graph_is_padded(self, monkeypatch):
+        # between the two thresholds: launched eagerly the rows are loaded as they are; warmed up and
+        # captured by cuda_graph.capture (no launch cost at replay) the scan runs on padded copies, compiled
+        # in the warm-up; both equal the reference
+        from perfmamba.models.cuda_graph import capture
+        from perfmamba.ops.triton import selective_scan as scan_mod
+        c = scan_case(2, 512, 1023, 16, 1, True, True, True, device="cuda", dtype=torch.bfloat16, seed=3)
+        assert scan_mod.PAD_FROM_ELEMENTS_REPLAYED <= c["u"].numel() < scan_mod.PAD_FROM_ELEMENTS
+        args = (c["u"], c["delta"], c["A"], c["B"], c["C"])
+        kw = dict(D=c["D"], z=c["z"], delta_bias=c["delta_bias"], delta_softplus=True, return_last_state=True)
+        cfg = scan_mod._scan_configs(16, 1023, 512)[0]
+        f32 = {k: (v.float() if v is not None else None) for k, v in c.items()}
+        yr, hr = selective_scan_ref(f32["u"], f32["delta"], f32["A"], f32["B"], f32["C"], **kw)
+        launched = record_launches(monkeypatch, scan_mod, "_selective_scan_kernel", "PADDED")
+        y, h = scan_mod.selective_scan_triton(*args, **kw, config=cfg)
+        assert set(launched) == {(False,)} and rel_err(y, yr) < 1e-2 and rel_err(h, hr) < 1e-2
+        launched.clear()
+        graph, (yg, hg) = capture(lambda: scan_mod.selective_scan_triton(*args, **kw, config=cfg), "cuda")
+        yg.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert set(launched) == {(True,)} and rel_err(yg, yr) < 1e-2 and rel_err(hg, hr) < 1e-2
 
     @pytest.mark.parametrize("n", [4, 8, 16, 97])
     def test_every_scan_candidate(self, n):

@@ -35,3 +35,13 @@ def stride_unit(*tensors, sizes: tuple = ()) -> tuple[int, list, list]:
     leading = [[st if size > 1 else 0 for size, st in zip(t.shape[:-1], t.stride()[:-1])] for t in tensors]
     strides = [tuple(st // unit for st in row) + (t.stride(-1),) for row, t in zip(leading, tensors)]
     return unit, strides, [s // unit for s in sizes]
+
+
+def padded_copy(t, length: int):
+    """A copy of ``t`` whose last dimension is ``length`` (>= its own), zeros past the end: one copy of the
+    values into a fresh buffer and a fill of the few columns after them, instead of ``torch.nn.functional.pad``,
+    which fills the whole buffer with zeros before copying."""
+    out = t.new_empty(*t.shape[:-1], length)
+    out[..., :t.shape[-1]].copy_(t)
+    out[..., t.shape[-1]:].zero_()
+    return out

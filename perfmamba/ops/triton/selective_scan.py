@@ -39,7 +39,8 @@ import torch
 import triton
 import triton.language as tl
 
-from perfmamba.ops.triton.alignment import common_factor, stride_unit
+from perfmamba.ops.replay import launches_are_free
+from perfmamba.ops.triton.alignment import common_factor, padded_copy, stride_unit
 
 
 def interpreting() -> bool:
@@ -116,10 +117,18 @@ def _median_ms(fn, repeats: int = 20) -> float:
 _SPIN_CYCLES_PER_MS = 2_000_000
 
 # Inputs whose rows no 16-byte vector can start on are scanned on padded copies (selective_scan_triton)
-# from this many elements of u on, where a copy's time is mostly bandwidth (8 MiB in bf16: a few
-# microseconds on an H200) rather than its launch.  Not measured: no GPU time was left when this was
-# written (see the README's Status).
-PAD_FROM_ELEMENTS = 1 << 22
+# from this many elements of u on.  The copies cost device time and ten more launches.  Measured on an
+# H200 (docs/benchmarks/unaligned-h200): in device time the padded scan is faster from under a million
+# elements on; launched one by one, the host's launches bound calls that small, and there the padded path
+# was slower below several million.  So a call that a CUDA graph will replay (no launch cost: inside
+# ``perfmamba.ops.replay.for_replay``) pads from PAD_FROM_ELEMENTS_REPLAYED, any other from PAD_FROM_ELEMENTS.
+PAD_FROM_ELEMENTS = 1 << 23
+PAD_FROM_ELEMENTS_REPLAYED = 1 << 19
+
+
+def pad_threshold() -> int:
+    """Elements of u from which an unaligned scan runs on padded copies (see PAD_FROM_ELEMENTS)."""
+    return PAD_FROM_ELEMENTS_REPLAYED if launches_are_free() else PAD_FROM_ELEMENTS
 
 
 @triton.jit
@@ -487,15 +496,15 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     operands = [u, delta, Bg, Cg] + ([z] if z is not None else []) + ([out] if out is not None else [])
     # rows start on whole 16-byte vectors where strides and L share a large enough power-of-two factor
     vectors = realign and common_factor(*operands, sizes=(seqlen,)) * min(t.element_size() for t in operands) >= 16
-    padded = realign and not vectors and u.numel() >= PAD_FROM_ELEMENTS
+    padded = realign and not vectors and u.numel() >= pad_threshold()
     if padded:
         # rows that no 16-byte vector can start on (an odd L, say): every load would be one element, and
         # the tile's registers spill (offline sm_90: 280 16-bit loads and 142 spills per loop at L = 2047,
         # against 105 16-byte async copies and none at 2048).  The scan runs on copies padded with zeros to
         # a multiple of 16 steps instead; the kernel leaves the state alone past the true end.
-        grow = functools.partial(torch.nn.functional.pad, pad=(0, -seqlen % 16))
-        u, delta, Bg, Cg = grow(u), grow(delta), grow(Bg), grow(Cg)
-        z = grow(z) if z is not None else None
+        length = seqlen + (-seqlen % 16)
+        u, delta, Bg, Cg = (padded_copy(t, length) for t in (u, delta, Bg, Cg))
+        z = padded_copy(z, length) if z is not None else None
     y, hlast = scan_outputs(u, n_state, None if padded else out, return_last_state, channels_last=False)
     zz = z if z is not None else u
     if vectors or padded:  # unit 1 where Triton sees the alignment itself, and on the padded copies
