@@ -7,11 +7,16 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from perfmamba import ops
 from perfmamba.config import Mamba1Config
 from perfmamba.models.cache import InferenceCache
 from perfmamba.models.init import KeepSsmParamsFp32, dt_bias_init
+
+# With the Triton kernels, prompts run as a multiple of this many steps (Mamba1Mixer.prefill_in_proj): 64
+# 16-bit values are one 128-byte cache line, so that every activation row starts on one
+STEP_MULTIPLE = 64
 
 
 class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
@@ -49,30 +54,70 @@ class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
         return torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
 
     def forward(self, hidden: torch.Tensor, cache: Optional[InferenceCache] = None) -> torch.Tensor:
-        """hidden: (Bsz, L, d_model) -> (Bsz, L, d_model).  With a fresh cache, its states are filled."""
+        """hidden: (Bsz, L, d_model) -> (Bsz, L, d_model).  With a fresh cache, its states are filled.  The
+        steps are methods of their own, which the profiler times one by one (profiling/stages.py)."""
         if cache is not None and cache.seqlen_offset > 0:
             return torch.stack([self.step(hidden[:, t], cache) for t in range(hidden.shape[1])], dim=1)
-        bsz, seqlen, _ = hidden.shape
-        d, r, n = self.d_inner, self.dt_rank, self.d_state
-        # Channels-first activations straight out of the GEMMs (the weight times the transposed input, as
-        # mamba_ssm does): (Bsz, channels, L) with L contiguous is what the conv and the scan read, so no
-        # transposed copies are made.  in_proj: (2D, Bsz*L) viewed as (Bsz, 2D, L).
-        xz = (self.in_proj.weight @ hidden.reshape(bsz * seqlen, -1).t()).view(2 * d, bsz, seqlen).permute(1, 0, 2)
-        if self.in_proj.bias is not None:
-            xz = xz + self.in_proj.bias[:, None]
-        x, z = xz[:, :d], xz[:, d:]  # (Bsz, D, L) each
-        x, conv_state = ops.causal_conv1d(x, self._conv_weight(), self.conv1d.bias, activation="silu",
-                                          return_final_state=True, backend=self.backend)
-        x_dbl = self.x_proj.weight @ x  # (Bsz, R + 2N, L)
-        dt = self.dt_proj.weight @ x_dbl[:, :r]  # (Bsz, D, L); the bias is added inside the scan
-        y, ssm_state = ops.selective_scan(
-            x, dt, self.neg_exp_A(), x_dbl[:, r:r + n], x_dbl[:, r + n:], D=self.D, z=z,
-            delta_bias=self.dt_proj.bias, delta_softplus=True, return_last_state=True,
-            backend=self.backend)  # y: (Bsz, D, L); state (Bsz, D, N)
+        x, z, seqlen = self.prefill_in_proj(hidden)
+        x, conv_state = self.prefill_conv(x, seqlen, with_state=cache is not None)
+        x_dbl = self.prefill_x_proj(x)
+        y, ssm_state = self.prefill_scan(x, self.prefill_dt_proj(x_dbl), x_dbl, z, seqlen)
         if cache is not None:
             cache.conv_states[self.layer_idx].copy_(conv_state)
             cache.ssm_states[self.layer_idx].copy_(ssm_state)
         return self.out_proj(y.transpose(1, 2))  # a transposed operand for the GEMM, not a copy (batch 1)
+
+    def prefill_in_proj(self, hidden: torch.Tensor):
+        """(x, z, L): in_proj's output as channels-first views (Bsz, D, steps) each, and the sequence length.
+
+        Channels-first activations straight out of the GEMMs (the weight times the transposed input, as
+        mamba_ssm does): (Bsz, channels, L) with L contiguous is what the conv and the scan read, so no
+        transposed copies are made.  With the Triton kernels a length that is not a multiple of
+        ``STEP_MULTIPLE`` is run as ``steps`` > L, the input padded with zeros after its end: rows L apart
+        in 16-bit data start on no 16-byte vector, and cuBLAS then takes its slow unaligned GEMMs (on an
+        H200 mamba-130m's prefill took 49.0 ms at L = 16383 against 18.3 ms at 16384; see
+        docs/kernel_notes.md).  The model is causal, so the padding changes nothing before it; the scan
+        stops at L and the conv state is taken there (``prefill_conv``).
+        """
+        bsz, seqlen, _ = hidden.shape
+        steps = seqlen
+        if ops.resolve_backend(self.backend, hidden.device) == "triton":
+            steps = seqlen + (-seqlen % STEP_MULTIPLE)
+            if steps != seqlen:
+                hidden = F.pad(hidden, (0, 0, 0, steps - seqlen))
+        d = self.d_inner
+        # in_proj: (2D, Bsz*steps) viewed as (Bsz, 2D, steps)
+        xz = (self.in_proj.weight @ hidden.reshape(bsz * steps, -1).t()).view(2 * d, bsz, steps).permute(1, 0, 2)
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias[:, None]
+        return xz[:, :d], xz[:, d:], seqlen
+
+    def prefill_conv(self, x: torch.Tensor, seqlen: int, with_state: bool):
+        """(conv1d + SiLU of x, the conv state after step L (Bsz, D, W), or None without ``with_state``)."""
+        if not with_state or x.shape[-1] != seqlen:
+            y = ops.causal_conv1d(x, self._conv_weight(), self.conv1d.bias, activation="silu", backend=self.backend)
+            if not with_state:
+                return y, None
+            width = self.conv1d.kernel_size[0]  # the last W inputs before the padding (zeros before the start)
+            return y, F.pad(x[..., max(0, seqlen - width):seqlen], (max(0, width - seqlen), 0))
+        return ops.causal_conv1d(x, self._conv_weight(), self.conv1d.bias, activation="silu", return_final_state=True,
+                                 backend=self.backend)
+
+    def prefill_x_proj(self, x: torch.Tensor) -> torch.Tensor:
+        """(Bsz, R + 2N, steps).  A batched GEMM writes it in this layout; ``weight @ x`` would write it
+        transposed and then copy it (on an H200, 2 x 24 copies took 4.2 of mamba-130m's 18.1 ms at L=16384)."""
+        return torch.bmm(self.x_proj.weight.expand(x.shape[0], -1, -1), x)
+
+    def prefill_dt_proj(self, x_dbl: torch.Tensor) -> torch.Tensor:
+        """(Bsz, D, steps); the bias is added inside the scan."""
+        return torch.bmm(self.dt_proj.weight.expand(x_dbl.shape[0], -1, -1), x_dbl[:, :self.dt_rank])
+
+    def prefill_scan(self, x, dt, x_dbl, z, seqlen: int):
+        """(y (Bsz, D, L), the state after step L (Bsz, D, N) fp32): the selective scan with D and the gate."""
+        r, n = self.dt_rank, self.d_state
+        return ops.selective_scan(x, dt, self.neg_exp_A(), x_dbl[:, r:r + n], x_dbl[:, r + n:], D=self.D, z=z,
+                                  delta_bias=self.dt_proj.bias, delta_softplus=True, return_last_state=True,
+                                  backend=self.backend, length=seqlen)
 
     def step(self, hidden: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
         """One token.  hidden: (Bsz, d_model) -> (Bsz, d_model); the layer's cache entries advance in place.

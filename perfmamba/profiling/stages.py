@@ -44,29 +44,20 @@ def _mamba1_prefill(m) -> list:
     """Mamba1Mixer.forward (no cache): u (Bsz, L, d_model) -> out (Bsz, L, d_model)."""
 
     def in_proj(e):
-        u = e["u"]
-        bsz, seqlen, _ = u.shape
-        xz = (m.in_proj.weight @ u.reshape(bsz * seqlen, -1).t()).view(2 * m.d_inner, bsz, seqlen).permute(1, 0, 2)
-        if m.in_proj.bias is not None:
-            xz = xz + m.in_proj.bias[:, None]
-        return {"res": e["res"], "x": xz[:, :m.d_inner], "z": xz[:, m.d_inner:]}  # (Bsz, D, L) each
+        x, z, seqlen = m.prefill_in_proj(e["u"])
+        return {"res": e["res"], "x": x, "z": z, "seqlen": seqlen}  # (Bsz, D, steps) each
 
     def conv1d(e):
-        x, _ = ops.causal_conv1d(e["x"], m._conv_weight(), m.conv1d.bias, activation="silu",
-                                 return_final_state=True, backend=m.backend)
-        return {**e, "x": x}
+        return {**e, "x": m.prefill_conv(e["x"], e["seqlen"], with_state=False)[0]}
 
     def x_proj(e):
-        return {**e, "x_dbl": m.x_proj.weight @ e["x"]}  # (Bsz, R + 2N, L)
+        return {**e, "x_dbl": m.prefill_x_proj(e["x"])}  # (Bsz, R + 2N, steps)
 
     def dt_proj(e):
-        return {**e, "dt": m.dt_proj.weight @ e["x_dbl"][:, :m.dt_rank]}  # (Bsz, D, L)
+        return {**e, "dt": m.prefill_dt_proj(e["x_dbl"])}  # (Bsz, D, steps)
 
     def ssm(e):
-        r, n = m.dt_rank, m.d_state
-        y, _ = ops.selective_scan(e["x"], e["dt"], m.neg_exp_A(), e["x_dbl"][:, r:r + n], e["x_dbl"][:, r + n:],
-                                  D=m.D, z=e["z"], delta_bias=m.dt_proj.bias, delta_softplus=True,
-                                  return_last_state=True, backend=m.backend)  # (Bsz, D, L), gate fused
+        y, _ = m.prefill_scan(e["x"], e["dt"], e["x_dbl"], e["z"], e["seqlen"])  # (Bsz, D, L), gate fused
         return {"res": e["res"], "y": y}
 
     def out_proj(e):

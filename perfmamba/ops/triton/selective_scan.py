@@ -242,7 +242,7 @@ def _selective_scan_kernel(
     ASM: tl.constexpr,  # inline PTX allowed: compiled for a GPU, not run by the interpreter
     FAST_ACT: tl.constexpr,  # approximate softplus / SiLU (16-bit inputs only)
     UNIT: tl.constexpr = 1,  # strides and L arrive divided by it (``alignment.stride_unit``)
-    PADDED: tl.constexpr = False,  # inputs padded with zeros past L to a multiple of 16 steps, and y too
+    PADDED: tl.constexpr = False,  # inputs run on (finite) past L to a multiple of 16 steps, and y too
 ):
     L = L * UNIT
     if PADDED:  # walk (and load, and store) the padding too: whole vectors; the state stops at L_valid
@@ -462,7 +462,8 @@ def use_step_kernel(u, delta, z, n_state: int) -> bool:
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                          return_last_state=False, out=None, config=None, splits=None, realign=True):
+                          return_last_state=False, out=None, config=None, splits=None, realign=True,
+                          length=None):
     """Same arguments, shapes and results as ``selective_scan_ref``.
 
     u, delta, z: (Bsz, D, L); A: (D, N); B, C: (Bsz, N, L) or (Bsz, G, N, L); D, delta_bias: (D,).
@@ -470,7 +471,10 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     (BLOCK_L, BLOCK_D, N_IN, num_warps, num_stages) choice; ``splits`` the number of sequence segments
     run in parallel (``perfmamba.ops.triton.split``; default: enough to fill the GPU).  ``realign=False``
     passes strides that are not multiples of 16 as they are, neither in units nor padded (the comparison
-    in benchmarks/bench_kernels.py).
+    in benchmarks/bench_kernels.py).  ``length``: scan only the first ``length`` steps of longer inputs (a
+    caller's activations padded past the sequence so that every row is aligned, as the Mamba-1 mixer pads
+    them); y then has ``length`` steps and the state is that after step ``length``.  The inputs past it
+    must be finite: the kernel reads them up to the next multiple of 16 steps, with delta taken as 0.
     """
     from perfmamba.ops.triton import split as split_l
     bsz, dim, seqlen = u.shape
@@ -490,21 +494,35 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     Cg = Cg if Cg.stride(-1) == 1 else Cg.contiguous()
     if z is not None and z.stride(-1) != 1:
         z = z.contiguous()
+    steps, seqlen = seqlen, seqlen if length is None else length
+    if not 0 <= seqlen <= steps:
+        raise PerfMambaError(f"selective_scan: length {seqlen} is outside 0..{steps}, the inputs' number of steps")
+    if seqlen < steps:  # only what the kernel reads: up to the first multiple of 16 from the end
+        keep = min(steps, seqlen + (-seqlen % 16))
+        u, delta, Bg, Cg = (t[..., :keep] for t in (u, delta, Bg, Cg))
+        z = z[..., :keep] if z is not None else None
     if seqlen == 0:
-        y, hlast = scan_outputs(u, n_state, out, return_last_state, channels_last=False)
+        y, hlast = scan_outputs(u[..., :0], n_state, out, return_last_state, channels_last=False)
         return (y, hlast) if return_last_state else y
     operands = [u, delta, Bg, Cg] + ([z] if z is not None else []) + ([out] if out is not None else [])
+    min_bytes = min(t.element_size() for t in operands)
     # rows start on whole 16-byte vectors where strides and L share a large enough power-of-two factor
-    vectors = realign and common_factor(*operands, sizes=(seqlen,)) * min(t.element_size() for t in operands) >= 16
-    padded = realign and not vectors and u.numel() >= pad_threshold()
-    if padded:
+    vectors = realign and common_factor(*operands, sizes=(seqlen,)) * min_bytes >= 16
+    # a caller's padded rows, aligned, that run on to a multiple of 16 steps: scanned in place as if padded
+    in_place = (not vectors and u.shape[2] % 16 == 0 and seqlen < u.shape[2]
+                and common_factor(*operands[:-1] if out is not None else operands) * min_bytes >= 16)
+    padded = in_place or (realign and not vectors and u.numel() >= pad_threshold())
+    if not in_place and seqlen < u.shape[2]:
+        u, delta, Bg, Cg = (t[..., :seqlen] for t in (u, delta, Bg, Cg))
+        z = z[..., :seqlen] if z is not None else None
+    if padded and not in_place:
         # rows that no 16-byte vector can start on (an odd L, say): every load would be one element, and
         # the tile's registers spill (offline sm_90: 280 16-bit loads and 142 spills per loop at L = 2047,
         # against 105 16-byte async copies and none at 2048).  The scan runs on copies padded with zeros to
         # a multiple of 16 steps instead; the kernel leaves the state alone past the true end.
-        length = seqlen + (-seqlen % 16)
-        u, delta, Bg, Cg = (padded_copy(t, length) for t in (u, delta, Bg, Cg))
-        z = padded_copy(z, length) if z is not None else None
+        grown = seqlen + (-seqlen % 16)
+        u, delta, Bg, Cg = (padded_copy(t, grown) for t in (u, delta, Bg, Cg))
+        z = padded_copy(z, grown) if z is not None else None
     y, hlast = scan_outputs(u, n_state, None if padded else out, return_last_state, channels_last=False)
     zz = z if z is not None else u
     if vectors or padded:  # unit 1 where Triton sees the alignment itself, and on the padded copies

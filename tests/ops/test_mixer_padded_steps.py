@@ -1,0 +1,70 @@
+"""The Mamba-1 mixer on the Triton kernels at prompt lengths that are not multiples of STEP_MULTIPLE: run as
+a padded number of steps (aligned rows for cuBLAS and the scan), the scan stopped at the true length, the
+conv state taken there.  Logits and cache states equal the reference backend's; the scan's ``length``."""
+
+import pytest
+import torch
+from kernel_harness import CUDA, interpreted, interpreter_env, ops, poisoned_like, record_launches, rel_err  # noqa: F401
+
+from perfmamba import Mamba1Config, MambaLM
+from perfmamba.errors import PerfMambaError
+from perfmamba.models import mamba1
+from perfmamba.ops.scan_ref import selective_scan_ref
+
+CONFIG = Mamba1Config(d_model=32, n_layer=2, vocab_size=64, d_state=5)
+
+
+def models():
+    torch.manual_seed(0)
+    ref = MambaLM(CONFIG, backend="ref").eval()
+    fast = MambaLM(CONFIG, backend="triton").eval()
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+@interpreted
+@pytest.mark.parametrize("seqlen", [35, 3, 16])
+def test_padded_prefill_equals_the_reference(seqlen):
+    ref, fast = models()
+    ids = torch.randint(0, 64, (2, seqlen))
+    mixer = fast.backbone.layers[0].mixer
+    x, _, length = mixer.prefill_in_proj(torch.randn(2, seqlen, 32))
+    assert length == seqlen and x.shape[-1] == seqlen + (-seqlen % mamba1.STEP_MULTIPLE)
+    with torch.inference_mode():
+        cache_ref, cache_fast = ref.allocate_cache(2), fast.allocate_cache(2)
+        logits_ref, logits_fast = ref(ids, cache_ref), fast(ids, cache_fast)
+    assert logits_fast.shape == logits_ref.shape == (2, seqlen, 64)
+    assert rel_err(logits_fast, logits_ref) < 1e-5
+    for got, want in zip(cache_fast.conv_states + cache_fast.ssm_states, cache_ref.conv_states + cache_ref.ssm_states):
+        assert rel_err(got, want) < 1e-5  # the states after step L, not after the padding
+    with torch.inference_mode():  # and decoding on from them agrees
+        nxt = torch.randint(0, 64, (2, 1))
+        cache_ref.seqlen_offset = cache_fast.seqlen_offset = seqlen
+        assert rel_err(fast(nxt, cache_fast), ref(nxt, cache_ref)) < 1e-5
+
+
+@interpreted
+def test_scan_length_reads_the_padded_rows_in_place(monkeypatch):
+    # inputs 48 steps long (rows aligned), length 35: the kernel runs PADDED on them as they lie, no copies
+    from perfmamba.ops.triton import selective_scan as scan_mod
+    g = torch.Generator().manual_seed(1)
+    u, dt, z = (torch.randn(2, 4, 48, generator=g) for _ in range(3))
+    A = -torch.rand(4, 5, generator=g) - 0.5
+    B, C = torch.randn(2, 5, 48, generator=g), torch.randn(2, 5, 48, generator=g)
+    kw = dict(D=torch.randn(4, generator=g), z=z, delta_bias=torch.randn(4, generator=g) * 0.1,
+              delta_softplus=True, return_last_state=True)
+    copies = []
+    monkeypatch.setattr(scan_mod, "padded_copy", lambda t, n: copies.append(n))
+    launched = record_launches(monkeypatch, scan_mod, "_selective_scan_kernel", "PADDED")
+    y, h = ops.selective_scan(u, dt, A, B, C, **kw, backend="triton", length=35)
+    cut = lambda t: t[..., :35]
+    yr, hr = selective_scan_ref(cut(u), cut(dt), A, cut(B), cut(C), **dict(kw, z=cut(z)))
+    assert y.shape == (2, 4, 35) and rel_err(y, yr) < 1e-5 and rel_err(h, hr) < 1e-5
+    assert set(launched) == {(True,)} and not copies
+    y2, h2 = ops.selective_scan(u, dt, A, B, C, **kw, backend="ref", length=35)  # the reference slices
+    assert rel_err(y2, yr) < 1e-6 and rel_err(h2, hr) < 1e-6
+    out = poisoned_like(yr)  # and into a caller's buffer
+    scan_mod.selective_scan_triton(u, dt, A, B, C, **kw, length=35, out=out)
+    assert rel_err(out, yr) < 1e-5
+    with pytest.raises(PerfMambaError, match="length 49 is outside 0..48"):
+        ops.selective_scan(u, dt, A, B, C, **kw, backend="triton", length=49)
