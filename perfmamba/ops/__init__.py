@@ -68,13 +68,14 @@ def resolve_backend(backend: str, device: torch.device | str | None) -> str:
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, backend="auto", length=None):
+                   return_last_state=False, backend="auto", length=None, out=None):
     """Mamba-1 selective scan.
 
     u, delta, z: (Bsz, D, L); A: (D, N); B, C: (Bsz, N, L) or (Bsz, G, N, L); D, delta_bias: (D,).
     Returns y (Bsz, D, L) in u's dtype, and the final state (Bsz, D, N) fp32 when return_last_state.
     ``length`` (default L): scan only the first ``length`` steps (y has ``length``; inputs padded past the
-    sequence by the caller, finite there, which the Triton kernel then reads as they lie).
+    sequence by the caller, finite there, which the Triton kernel then reads as they lie).  ``out``
+    (Bsz, D, L): y is written into its first ``length`` steps and returned as a view of them.
     """
     _check_scan_shapes(u, delta, A, B, C, z)
     if length is not None and not 0 <= length <= u.shape[-1]:
@@ -83,11 +84,18 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     kwargs = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
                   return_last_state=return_last_state)
     which = resolve_backend(backend, u.device)
+    if out is not None and out.shape != u.shape:
+        raise PerfMambaError(f"selective_scan: out must have u's shape {tuple(u.shape)}; got {tuple(out.shape)}")
     if which == "triton":
-        return _triton_module().selective_scan_triton(u, delta, A, B, C, **kwargs, length=length)
+        return _triton_module().selective_scan_triton(u, delta, A, B, C, **kwargs, length=length, out=out)
     if length is not None and length < u.shape[-1]:
         u, delta, B, C = (t[..., :length] for t in (u, delta, B, C))
         kwargs["z"] = z[..., :length] if z is not None else None
+    if out is not None:
+        result = selective_scan(u, delta, A, B, C, **kwargs, backend=which)
+        y = result[0] if return_last_state else result
+        y = out[..., :y.shape[-1]].copy_(y)
+        return (y, result[1]) if return_last_state else y
     if which == "loop":
         return selective_scan_ref(u, delta, A, B, C, **kwargs)
     return selective_scan_chunked(u, delta, A, B, C, **kwargs)

@@ -57,11 +57,11 @@ def _mamba1_prefill(m) -> list:
         return {**e, "dt": m.prefill_dt_proj(e["x_dbl"])}  # (Bsz, D, steps)
 
     def ssm(e):
-        y, _ = m.prefill_scan(e["x"], e["dt"], e["x_dbl"], e["z"], e["seqlen"])  # (Bsz, D, L), gate fused
-        return {"res": e["res"], "y": y}
+        y, _ = m.prefill_scan(e["x"], e["dt"], e["x_dbl"], e["z"], e["seqlen"])  # (Bsz, D, steps), gate fused
+        return {"res": e["res"], "y": y, "seqlen": e["seqlen"]}
 
     def out_proj(e):
-        return {"res": e["res"], "out": m.out_proj(e["y"].transpose(1, 2))}
+        return {"res": e["res"], "out": m.prefill_out_proj(e["y"], e["seqlen"])}
 
     return [("in_proj", in_proj), ("conv1d", conv1d), ("x_proj", x_proj), ("dt_proj", dt_proj), ("ssm", ssm),
             ("out_proj", out_proj)]

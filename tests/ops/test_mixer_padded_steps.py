@@ -63,8 +63,11 @@ def test_scan_length_reads_the_padded_rows_in_place(monkeypatch):
     assert set(launched) == {(True,)} and not copies
     y2, h2 = ops.selective_scan(u, dt, A, B, C, **kw, backend="ref", length=35)  # the reference slices
     assert rel_err(y2, yr) < 1e-6 and rel_err(h2, hr) < 1e-6
-    out = poisoned_like(yr)  # and into a caller's buffer
-    scan_mod.selective_scan_triton(u, dt, A, B, C, **kw, length=35, out=out)
-    assert rel_err(out, yr) < 1e-5
+    for backend in ("triton", "ref"):  # into a caller's buffer of all the steps: y is a view of its first 35
+        out = poisoned_like(u)
+        y3, _ = ops.selective_scan(u, dt, A, B, C, **kw, backend=backend, length=35, out=out)
+        assert y3.data_ptr() == out.data_ptr() and y3.shape == (2, 4, 35) and rel_err(out[..., :35], yr) < 1e-5
+    with pytest.raises(PerfMambaError, match="out must have u's shape"):
+        ops.selective_scan(u, dt, A, B, C, **kw, length=35, out=poisoned_like(yr))
     with pytest.raises(PerfMambaError, match="length 49 is outside 0..48"):
         ops.selective_scan(u, dt, A, B, C, **kw, backend="triton", length=49)

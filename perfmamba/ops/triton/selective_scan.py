@@ -474,7 +474,9 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     in benchmarks/bench_kernels.py).  ``length``: scan only the first ``length`` steps of longer inputs (a
     caller's activations padded past the sequence so that every row is aligned, as the Mamba-1 mixer pads
     them); y then has ``length`` steps and the state is that after step ``length``.  The inputs past it
-    must be finite: the kernel reads them up to the next multiple of 16 steps, with delta taken as 0.
+    must be finite: the kernel reads them up to the next multiple of 16 steps, with delta taken as 0.  An
+    ``out`` then has all of u's steps (the y returned is a view of its first ``length``; past them, its
+    values are unspecified), so that the caller's next GEMM can read whole aligned rows.
     """
     from perfmamba.ops.triton import split as split_l
     bsz, dim, seqlen = u.shape
@@ -501,6 +503,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         keep = min(steps, seqlen + (-seqlen % 16))
         u, delta, Bg, Cg = (t[..., :keep] for t in (u, delta, Bg, Cg))
         z = z[..., :keep] if z is not None else None
+        out = out[..., :keep] if out is not None else None
     if seqlen == 0:
         y, hlast = scan_outputs(u[..., :0], n_state, out, return_last_state, channels_last=False)
         return (y, hlast) if return_last_state else y
@@ -510,12 +513,14 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     vectors = realign and common_factor(*operands, sizes=(seqlen,)) * min_bytes >= 16
     # a caller's padded rows, aligned, that run on to a multiple of 16 steps: scanned in place as if padded
     in_place = (not vectors and u.shape[2] % 16 == 0 and seqlen < u.shape[2]
-                and common_factor(*operands[:-1] if out is not None else operands) * min_bytes >= 16)
+                and common_factor(*operands) * min_bytes >= 16)
     padded = in_place or (realign and not vectors and u.numel() >= pad_threshold())
+    copied = padded and not in_place
     if not in_place and seqlen < u.shape[2]:
         u, delta, Bg, Cg = (t[..., :seqlen] for t in (u, delta, Bg, Cg))
         z = z[..., :seqlen] if z is not None else None
-    if padded and not in_place:
+        out = out[..., :seqlen] if out is not None else None
+    if copied:
         # rows that no 16-byte vector can start on (an odd L, say): every load would be one element, and
         # the tile's registers spill (offline sm_90: 280 16-bit loads and 142 spills per loop at L = 2047,
         # against 105 16-byte async copies and none at 2048).  The scan runs on copies padded with zeros to
@@ -523,7 +528,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         grown = seqlen + (-seqlen % 16)
         u, delta, Bg, Cg = (padded_copy(t, grown) for t in (u, delta, Bg, Cg))
         z = padded_copy(z, grown) if z is not None else None
-    y, hlast = scan_outputs(u, n_state, None if padded else out, return_last_state, channels_last=False)
+    y, hlast = scan_outputs(u, n_state, None if copied else out, return_last_state, channels_last=False)
     zz = z if z is not None else u
     if vectors or padded:  # unit 1 where Triton sees the alignment itself, and on the padded copies
         unit, strides, _ = stride_unit(u, delta, Bg, Cg, zz, y, sizes=() if padded else (seqlen,))
@@ -555,6 +560,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
                splits)
         config = pick_config(key, _scan_configs(n_state, seqlen, dg), launch)
     launch(config)
-    if padded:
+    if copied:
         y = y[..., :seqlen] if out is None else out.copy_(y[..., :seqlen])
+    elif in_place:
+        y = y[..., :seqlen]
     return (y, hlast) if return_last_state else y
