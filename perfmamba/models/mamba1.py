@@ -67,13 +67,6 @@ class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
             cache.ssm_states[self.layer_idx].copy_(ssm_state)
         return self.prefill_out_proj(y, seqlen)
 
-    def prefill_out_proj(self, y: torch.Tensor, seqlen: int) -> torch.Tensor:
-        """(Bsz, L, d_model) from y (Bsz, D, steps).  y transposed is the GEMM's operand, not a copy (batch 1);
-        all the steps, so that its rows stay whole (at L rows cuBLAS took an unaligned GEMM: 7.5 of the
-        21.1 ms of mamba-130m's prefill at L = 16383 on an H200), and the padding's rows are dropped after."""
-        out = self.out_proj(y.transpose(1, 2))
-        return out if out.shape[1] == seqlen else out[:, :seqlen]
-
     def prefill_in_proj(self, hidden: torch.Tensor):
         """(x, z, L): in_proj's output as channels-first views (Bsz, D, steps) each, and the sequence length.
 
@@ -128,6 +121,13 @@ class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
                                             z=z, delta_bias=self.dt_proj.bias, delta_softplus=True,
                                             return_last_state=True, backend=self.backend, length=seqlen, out=y)
         return (y_valid if y is None else y), state
+
+    def prefill_out_proj(self, y: torch.Tensor, seqlen: int) -> torch.Tensor:
+        """(Bsz, L, d_model) from y (Bsz, D, steps).  y transposed is the GEMM's operand, not a copy (batch 1);
+        all the steps, so that its rows stay whole (at L rows cuBLAS took an unaligned GEMM: 7.5 of the
+        21.1 ms of mamba-130m's prefill at L = 16383 on an H200), and the padding's rows are dropped after."""
+        out = self.out_proj(y.transpose(1, 2))
+        return out if out.shape[1] == seqlen else out[:, :seqlen]
 
     def step(self, hidden: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
         """One token.  hidden: (Bsz, d_model) -> (Bsz, d_model); the layer's cache entries advance in place.

@@ -130,6 +130,7 @@ class _Capture:
 
     def __call__(self, hidden):
         """Run the mixer on ``hidden`` (normed block input); returns its output."""
+        self.seqlen = hidden.shape[1]
         handle = self.mixer.out_proj.register_forward_pre_hook(self._hook)
         try:
             if not self.scan:
@@ -139,8 +140,8 @@ class _Capture:
         finally:
             handle.remove()
 
-    def _hook(self, module, args):
-        self.out_proj_input = args[0].reshape(-1, args[0].shape[-1])
+    def _hook(self, module, args):  # without the rows of padded steps (Mamba1Mixer.prefill_out_proj)
+        self.out_proj_input = args[0][:, :self.seqlen].reshape(-1, args[0].shape[-1])
 
     def _after(self, layer, family, args, result):
         self.scan_args, self.scan_out = args, result[0] if isinstance(result, tuple) else result

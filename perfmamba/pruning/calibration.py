@@ -69,8 +69,9 @@ def intercept_scans(model, fn: Callable[[int, str, dict], Optional[dict]],
         def wrapped(*args, **kwargs):
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
-            new = fn(state["layer"], family, dict(bound.arguments))
-            call = new if new is not None else bound.arguments
+            arguments = _without_padding(dict(bound.arguments))
+            new = fn(state["layer"], family, dict(arguments))
+            call = new if new is not None else arguments
             result = original(**call)
             if after is not None:
                 after(state["layer"], family, call, result)
@@ -85,6 +86,17 @@ def intercept_scans(model, fn: Callable[[int, str, dict], Optional[dict]],
         ops.selective_scan, ops.ssd = originals["selective_scan"], originals["ssd"]
         for h in hooks:
             h.remove()
+
+
+def _without_padding(args: dict) -> dict:
+    """A Mamba-1 scan call on inputs padded past the sequence (the mixer's ``length``, see
+    ``Mamba1Mixer.prefill_in_proj``) as the same call on views of the sequence's own steps, so that what is
+    intercepted never counts the padding; y still lands in ``out``'s first steps."""
+    length = args.get("length")
+    if length is None or length == args["u"].shape[-1]:
+        return args
+    cut = {k: args[k][..., :length] for k in ("u", "delta", "B", "C", "z", "out") if args.get(k) is not None}
+    return {**args, **cut, "length": None}
 
 
 def _layer_setter(state, idx):

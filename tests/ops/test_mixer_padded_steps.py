@@ -69,5 +69,31 @@ def test_scan_length_reads_the_padded_rows_in_place(monkeypatch):
         assert y3.data_ptr() == out.data_ptr() and y3.shape == (2, 4, 35) and rel_err(out[..., :35], yr) < 1e-5
     with pytest.raises(PerfMambaError, match="out must have u's shape"):
         ops.selective_scan(u, dt, A, B, C, **kw, length=35, out=poisoned_like(yr))
+    cl = lambda t: t.transpose(1, 2).contiguous().transpose(1, 2)  # noqa: E731  channels-last: the step kernel
+    y4, h4 = ops.selective_scan(cl(u), cl(dt), A, B, C, **dict(kw, z=cl(z)), backend="triton", length=35)
+    assert y4.shape == (2, 4, 35) and rel_err(y4, yr) < 1e-5 and rel_err(h4, hr) < 1e-5
     with pytest.raises(PerfMambaError, match="length 49 is outside 0..48"):
         ops.selective_scan(u, dt, A, B, C, **kw, backend="triton", length=49)
+
+
+@interpreted
+def test_pruning_sees_the_sequence_not_the_padding():
+    # calibration intercepts the scan, the refit bridge hooks out_proj: both get the L = 35 steps on the
+    # Triton backend (run as 64) as on the reference backend
+    from perfmamba.pruning.bridge import _mixer_io
+    from perfmamba.pruning.calibration import intercept_scans
+    ref, fast = models()
+    ids = torch.randint(0, 64, (2, 35))
+    seen = {}
+    for name, model in (("ref", ref), ("fast", fast)):
+        shapes = []
+        record = lambda layer, family, args: shapes.append(  # noqa: E731
+            (args["u"].shape, args["B"].shape, args["length"] in (None, args["u"].shape[-1])))
+        with torch.inference_mode(), intercept_scans(model, record):
+            logits = model(ids)
+        seen[name] = (shapes, logits)
+        hidden = model.backbone.embedding(ids)
+        with torch.inference_mode():
+            assert _mixer_io(model.backbone.layers[0], hidden)[1].shape == (2 * 35, 64)
+    assert seen["fast"][0] == seen["ref"][0] == [((2, 64, 35), (2, 5, 35), True)] * 2
+    assert rel_err(seen["fast"][1], seen["ref"][1]) < 1e-5  # the intercepted call still fills the mixer's y

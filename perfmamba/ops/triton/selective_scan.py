@@ -485,6 +485,9 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     Cg = C if C.dim() == 4 else C.unsqueeze(1)
     if config is None and use_step_kernel(u, delta, z, n_state):
         from perfmamba.ops.triton.scan_steps import selective_scan_steps
+        if length is not None and length < seqlen:  # channels-last rows: the first steps are a plain view
+            cut = lambda t: t[..., :length] if t is not None else None  # noqa: E731
+            u, delta, Bg, Cg, z, out = map(cut, (u, delta, Bg, Cg, z, out))
         return selective_scan_steps(u, delta, A, Bg, Cg, D, z, delta_bias, delta_softplus, return_last_state,
                                     out, splits)
     groups = Bg.shape[1]
