@@ -45,20 +45,6 @@ def eager_ms(fn, reps=50):
     return (time.perf_counter() - start) * 1e3 / reps
 
 
-def event_median_ms(fn, reps=15):
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[reps // 2]
-
-
 def mixer_layout_inputs(bsz, dim, seqlen, n_state=16, seed=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
     r = lambda *shape: torch.randn(*shape, generator=g, device="cuda")  # noqa: E731
@@ -106,6 +92,7 @@ def run_scan(records):
 
 
 def run_lm(records):
+    from bench_models import cuda_median_ms
     from perfmamba.api import load_model
     from perfmamba.models import mamba1
     from perfmamba.models.cuda_graph import GraphPrefill
@@ -117,9 +104,9 @@ def run_lm(records):
             for multiple in (1, 16, 64):
                 mamba1.STEP_MULTIPLE = multiple
                 with torch.inference_mode():
-                    eager = event_median_ms(lambda: model.forward_unchecked(ids, None, 1))
+                    eager = cuda_median_ms(lambda: model.forward_unchecked(ids, None, 1))
                     graph = GraphPrefill(model, 1, seqlen, logits_to_keep=1)
-                    replay = event_median_ms(lambda: graph(ids))
+                    replay = cuda_median_ms(lambda: graph(ids))
                     del graph
                 rec = dict(part="lm", preset="mamba-130m", bsz=1, seqlen=seqlen, logits_to_keep=1,
                            step_multiple=multiple, default=multiple == default, graph_ms=replay, eager_ms=eager)

@@ -94,14 +94,13 @@ class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
 
     def prefill_conv(self, x: torch.Tensor, seqlen: int, with_state: bool):
         """(conv1d + SiLU of x, the conv state after step L (Bsz, D, W), or None without ``with_state``)."""
-        if not with_state or x.shape[-1] != seqlen:
-            y = ops.causal_conv1d(x, self._conv_weight(), self.conv1d.bias, activation="silu", backend=self.backend)
-            if not with_state:
-                return y, None
-            width = self.conv1d.kernel_size[0]  # the last W inputs before the padding (zeros before the start)
-            return y, F.pad(x[..., max(0, seqlen - width):seqlen], (max(0, width - seqlen), 0))
-        return ops.causal_conv1d(x, self._conv_weight(), self.conv1d.bias, activation="silu", return_final_state=True,
-                                 backend=self.backend)
+        own_state = with_state and x.shape[-1] == seqlen  # the kernel's final state is the one at L
+        y = ops.causal_conv1d(x, self._conv_weight(), self.conv1d.bias, activation="silu",
+                              return_final_state=own_state, backend=self.backend)
+        if own_state or not with_state:
+            return y if own_state else (y, None)
+        width = self.conv1d.kernel_size[0]  # the last W inputs before the padding (zeros before the start)
+        return y, F.pad(x[..., max(0, seqlen - width):seqlen], (max(0, width - seqlen), 0))
 
     def prefill_x_proj(self, x: torch.Tensor) -> torch.Tensor:
         """(Bsz, R + 2N, steps).  A batched GEMM writes it in this layout; ``weight @ x`` would write it

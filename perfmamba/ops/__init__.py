@@ -91,14 +91,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if length is not None and length < u.shape[-1]:
         u, delta, B, C = (t[..., :length] for t in (u, delta, B, C))
         kwargs["z"] = z[..., :length] if z is not None else None
-    if out is not None:
-        result = selective_scan(u, delta, A, B, C, **kwargs, backend=which)
-        y = result[0] if return_last_state else result
-        y = out[..., :y.shape[-1]].copy_(y)
-        return (y, result[1]) if return_last_state else y
-    if which == "loop":
-        return selective_scan_ref(u, delta, A, B, C, **kwargs)
-    return selective_scan_chunked(u, delta, A, B, C, **kwargs)
+    result = (selective_scan_ref if which == "loop" else selective_scan_chunked)(u, delta, A, B, C, **kwargs)
+    if out is None:
+        return result
+    y = out[..., :u.shape[-1]].copy_(result[0] if return_last_state else result)
+    return (y, result[1]) if return_last_state else y
 
 
 def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, initial_states=None,

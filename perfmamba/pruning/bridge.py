@@ -127,6 +127,7 @@ class _Capture:
     def __init__(self, mixer, scan: bool = False):
         self.mixer, self.scan = mixer, scan
         self.out_proj_input = self.scan_args = self.scan_out = None
+        self.seqlen = None  # the mixer input's length (out_proj may see padded steps beyond it)
 
     def __call__(self, hidden):
         """Run the mixer on ``hidden`` (normed block input); returns its output."""

@@ -454,6 +454,11 @@ def segment_decay_coef(A):
     return (A.float() * LOG2E).reshape(-1).contiguous()
 
 
+def first_steps(n: int, *tensors) -> list:
+    """Views of the first ``n`` steps (the last dimension) of each tensor; None stays None."""
+    return [t[..., :n] if t is not None else None for t in tensors]
+
+
 def use_step_kernel(u, delta, z, n_state: int) -> bool:
     """Channels-last u / delta / z (channel stride 1, as in_proj and dt_proj write them) and at most 64
     states: the step kernel of ``scan_steps`` (no scan tree) is used instead of this module's."""
@@ -486,8 +491,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     if config is None and use_step_kernel(u, delta, z, n_state):
         from perfmamba.ops.triton.scan_steps import selective_scan_steps
         if length is not None and length < seqlen:  # channels-last rows: the first steps are a plain view
-            cut = lambda t: t[..., :length] if t is not None else None  # noqa: E731
-            u, delta, Bg, Cg, z, out = map(cut, (u, delta, Bg, Cg, z, out))
+            u, delta, Bg, Cg, z, out = first_steps(length, u, delta, Bg, Cg, z, out)
         return selective_scan_steps(u, delta, A, Bg, Cg, D, z, delta_bias, delta_softplus, return_last_state,
                                     out, splits)
     groups = Bg.shape[1]
@@ -499,14 +503,9 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     Cg = Cg if Cg.stride(-1) == 1 else Cg.contiguous()
     if z is not None and z.stride(-1) != 1:
         z = z.contiguous()
-    steps, seqlen = seqlen, seqlen if length is None else length
-    if not 0 <= seqlen <= steps:
-        raise PerfMambaError(f"selective_scan: length {seqlen} is outside 0..{steps}, the inputs' number of steps")
+    steps, seqlen = seqlen, seqlen if length is None else length  # (ops.selective_scan checks length)
     if seqlen < steps:  # only what the kernel reads: up to the first multiple of 16 from the end
-        keep = min(steps, seqlen + (-seqlen % 16))
-        u, delta, Bg, Cg = (t[..., :keep] for t in (u, delta, Bg, Cg))
-        z = z[..., :keep] if z is not None else None
-        out = out[..., :keep] if out is not None else None
+        u, delta, Bg, Cg, z, out = first_steps(min(steps, seqlen + (-seqlen % 16)), u, delta, Bg, Cg, z, out)
     if seqlen == 0:
         y, hlast = scan_outputs(u[..., :0], n_state, out, return_last_state, channels_last=False)
         return (y, hlast) if return_last_state else y
@@ -520,9 +519,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     padded = in_place or (realign and not vectors and u.numel() >= pad_threshold())
     copied = padded and not in_place
     if not in_place and seqlen < u.shape[2]:
-        u, delta, Bg, Cg = (t[..., :seqlen] for t in (u, delta, Bg, Cg))
-        z = z[..., :seqlen] if z is not None else None
-        out = out[..., :seqlen] if out is not None else None
+        u, delta, Bg, Cg, z, out = first_steps(seqlen, u, delta, Bg, Cg, z, out)
     if copied:
         # rows that no 16-byte vector can start on (an odd L, say): every load would be one element, and
         # the tile's registers spill (offline sm_90: 280 16-bit loads and 142 spills per loop at L = 2047,
