@@ -289,11 +289,7 @@ def _ssd_fused_t_kernel(
     x_base = x_ptr + b * s_xb + head * s_xh + offs_p[:, None] * s_xp  # + t[None, :] * s_xl
     y_base = y_ptr + b * s_yb + head * s_yh + offs_p[:, None] * s_yp
     dt_base = dt_ptr + b * s_tb + head * s_th
-    # A state tile wider than N (N = 96 runs as 128) needs its padded states to add nothing to y: C's are
-    # zero-filled, which is enough for C h and B C^T; B's wrap round to states 0.. (finite values, so the
-    # padded rows of h, never stored, stay finite) and need no mask at all.  With C's mask constant over
-    # the loop, the loop is the full tile's loop (offline sm_90: N = 96 1039 instructions, N = 128 1038)
-    B_base = B_ptr + b * s_bb + grp * s_bg + (offs_n % N)[None, :] * s_bn  # (T, N)
+    B_base = B_ptr + b * s_bb + grp * s_bg + offs_n[None, :] * s_bn  # (T, N)
     C_base = C_ptr + b * s_cb + grp * s_cg + offs_n[:, None] * s_cn  # (N, T)
     if BLOCK_N2 > 0:
         B2_base = B_ptr + b * s_bb + grp * s_bg + offs_n2[None, :] * s_bn
@@ -311,19 +307,16 @@ def _ssd_fused_t_kernel(
                                     HAS_DT_BIAS, SOFTPLUS, CLAMP_DT, FAST_ACT)
 
         pt_mask = p_mask[:, None] & t_mask[None, :]
-        # Steps past the segment's end read its last step again instead of being masked: dt = 0 there, so
-        # they add nothing to y or h (finite values times a zero weight), and their y is not stored.  The
-        # loads' masks are then constant over the loop, hoisted out of it (offline sm_90, N = 128: 1038
-        # loop instructions against 1082 with the steps masked)
-        t_in = tl.minimum(t, l_end - 1)
-        xt = tl.load(x_base + t_in[None, :] * s_xl, mask=p_mask[:, None], other=0.0)  # (BLOCK_P, T) input dtype
-        Bc = tl.load(B_base + t_in[:, None] * s_bl).to(xt.dtype)
+        xt = tl.load(x_base + t[None, :] * s_xl, mask=pt_mask, other=0.0)  # (BLOCK_P, T) input dtype
+        Bc = tl.load(B_base + t[:, None] * s_bl, mask=t_mask[:, None] & n_mask[None, :], other=0.0).to(xt.dtype)
         if not STATES_ONLY:
-            Ct = tl.load(C_base + t_in[None, :] * s_cl, mask=n_mask[:, None], other=0.0).to(xt.dtype)
+            Ct = tl.load(C_base + t[None, :] * s_cl, mask=n_mask[:, None] & t_mask[None, :], other=0.0).to(xt.dtype)
         if BLOCK_N2 > 0:
-            Bc2 = tl.load(B2_base + t_in[:, None] * s_bl, mask=n_mask2[None, :], other=0.0).to(xt.dtype)
+            Bc2 = tl.load(B2_base + t[:, None] * s_bl, mask=t_mask[:, None] & n_mask2[None, :],
+                          other=0.0).to(xt.dtype)
             if not STATES_ONLY:
-                Ct2 = tl.load(C2_base + t_in[None, :] * s_cl, mask=n_mask2[:, None], other=0.0).to(xt.dtype)
+                Ct2 = tl.load(C2_base + t[None, :] * s_cl, mask=n_mask2[:, None] & t_mask[None, :],
+                              other=0.0).to(xt.dtype)
 
         if not STATES_ONLY:
             # entering state: (BLOCK_P, N) @ (N, T), each column t scaled by the decay up to t
@@ -360,7 +353,7 @@ def _ssd_fused_t_kernel(
             if HAS_D:
                 y += xt.to(tl.float32) * d_skip[:, None]
             if HAS_Z:
-                zt = tl.load(z_base + t_in[None, :] * s_zl, mask=p_mask[:, None], other=0.0).to(tl.float32)
+                zt = tl.load(z_base + t[None, :] * s_zl, mask=pt_mask, other=0.0).to(tl.float32)
                 y = y * silu_act(zt, FAST_ACT)
             tl.store(y_base + t[None, :] * s_yl, y.to(y_ptr.dtype.element_ty), mask=pt_mask)
 
