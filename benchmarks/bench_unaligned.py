@@ -119,7 +119,8 @@ def run_lm(records):
 def markdown(records, meta) -> str:
     lines = ["# Sequence lengths that are not multiples of 16 (bf16)", "",
              f"Device: {meta['device']}; torch {meta['torch']}, triton {meta['triton']}; {meta['date']}; "
-             f"git {meta['git']}.", ""]
+             f"git {meta['git']}; kernel tiles {'autotuned' if meta['autotune'] else 'untuned (PERFMAMBA_AUTOTUNE=0)'}.",
+             ""]
     scan = [r for r in records if r["part"] == "scan"]
     if scan:
         lines += ["Mamba-1 tile scan, N=16, mixer layout; ms per call, device time (graph) and eager:", "",
@@ -149,8 +150,11 @@ def main(argv=None):
     if not torch.cuda.is_available():
         sys.exit("bench_unaligned.py: needs a CUDA GPU (the kernels it times are GPU kernels); none is visible")
     env = environment_info("cuda")
+    # with PERFMAMBA_AUTOTUNE=0 every call runs each kernel's first tile: the scan's comparison is then of
+    # one kernel, but the model's times are those of untuned kernels, so the header says which it was
     meta = dict(device=env["device"], torch=env["torch"], triton=env["triton"], git=git_revision(),
-                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                autotune=os.environ.get("PERFMAMBA_AUTOTUNE", "1") != "0")
     out_dir = args.out_dir or os.path.join("docs", "benchmarks", f"unaligned-{device_tag(env['device'])}")
     records = []
     if "scan" in args.parts:
