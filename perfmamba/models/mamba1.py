@@ -17,6 +17,19 @@ from perfmamba.models.init import KeepSsmParamsFp32, dt_bias_init
 # With the Triton kernels, prompts run as a multiple of this many steps (Mamba1Mixer.prefill_in_proj): 64
 # 16-bit values are one 128-byte cache line, so that every activation row starts on one
 STEP_MULTIPLE = 64
+# ... or of 16 steps (16-byte vectors), whichever adds at most 1/PAD_AT_MOST more steps; else none.  Short
+# prompts are then run as they are: padded to 64 steps, serving 64 prompts of 16 tokens took 53.1 MiB at
+# its peak on demo-mamba1 against 35.8 MiB unpadded (H200, 2026-12-01, docs/benchmarks/pruning-h200/)
+PAD_AT_MOST = 16
+
+
+def padded_steps(seqlen: int) -> int:
+    """The number of steps a prompt of ``seqlen`` tokens runs as on the Triton kernels (see STEP_MULTIPLE)."""
+    for multiple in (STEP_MULTIPLE, 16):
+        steps = seqlen + (-seqlen % multiple)
+        if (steps - seqlen) * PAD_AT_MOST <= seqlen:
+            return steps
+    return seqlen
 
 
 class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
@@ -73,7 +86,8 @@ class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
         Channels-first activations straight out of the GEMMs (the weight times the transposed input, as
         mamba_ssm does): (Bsz, channels, L) with L contiguous is what the conv and the scan read, so no
         transposed copies are made.  With the Triton kernels a length that is not a multiple of
-        ``STEP_MULTIPLE`` is run as ``steps`` > L, the input padded with zeros after its end: rows L apart
+        ``STEP_MULTIPLE`` is run as ``steps = padded_steps(L)`` (L itself where padding would add more than
+        1/PAD_AT_MOST of the steps: short prompts), the input padded with zeros after its end: rows L apart
         in 16-bit data start on no 16-byte vector, and cuBLAS then takes its slow unaligned GEMMs (on an
         H200 mamba-130m's prefill took 49.0 ms at L = 16383 against 18.3 ms at 16384; see
         docs/kernel_notes.md).  The model is causal, so the padding changes nothing before it; the scan
@@ -82,7 +96,7 @@ class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
         bsz, seqlen, _ = hidden.shape
         steps = seqlen
         if ops.resolve_backend(self.backend, hidden.device) == "triton":
-            steps = seqlen + (-seqlen % STEP_MULTIPLE)
+            steps = padded_steps(seqlen)
             if steps != seqlen:
                 hidden = F.pad(hidden, (0, 0, 0, steps - seqlen))
         d = self.d_inner

@@ -1,6 +1,8 @@
 """The Mamba-1 mixer on the Triton kernels at prompt lengths that are not multiples of STEP_MULTIPLE: run as
 a padded number of steps (aligned rows for cuBLAS and the scan), the scan stopped at the true length, the
-conv state taken there.  Logits and cache states equal the reference backend's; the scan's ``length``."""
+conv state taken there.  Logits and cache states equal the reference backend's; the scan's ``length``; the
+rule that leaves short prompts unpadded.  The small shapes the interpreter can run are short prompts, so the
+tests of the padding itself set PAD_AT_MOST = 0 (always padded to STEP_MULTIPLE)."""
 
 import pytest
 import torch
@@ -14,6 +16,11 @@ from perfmamba.ops.scan_ref import selective_scan_ref
 CONFIG = Mamba1Config(d_model=32, n_layer=2, vocab_size=64, d_state=5)
 
 
+@pytest.fixture
+def always_padded(monkeypatch):
+    monkeypatch.setattr(mamba1, "PAD_AT_MOST", 0)
+
+
 def models():
     torch.manual_seed(0)
     ref = MambaLM(CONFIG, backend="ref").eval()
@@ -23,13 +30,14 @@ def models():
 
 
 @interpreted
+@pytest.mark.usefixtures("always_padded")
 @pytest.mark.parametrize("seqlen", [35, 3, 16])
 def test_padded_prefill_equals_the_reference(seqlen):
     ref, fast = models()
     ids = torch.randint(0, 64, (2, seqlen))
     mixer = fast.backbone.layers[0].mixer
     x, _, length = mixer.prefill_in_proj(torch.randn(2, seqlen, 32))
-    assert length == seqlen and x.shape[-1] == seqlen + (-seqlen % mamba1.STEP_MULTIPLE)
+    assert length == seqlen and x.shape[-1] == seqlen + (-seqlen % mamba1.STEP_MULTIPLE) == mamba1.padded_steps(seqlen)
     with torch.inference_mode():
         cache_ref, cache_fast = ref.allocate_cache(2), fast.allocate_cache(2)
         logits_ref, logits_fast = ref(ids, cache_ref), fast(ids, cache_fast)
@@ -77,6 +85,7 @@ def test_scan_length_reads_the_padded_rows_in_place(monkeypatch):
 
 
 @interpreted
+@pytest.mark.usefixtures("always_padded")
 def test_pruning_sees_the_sequence_not_the_padding():
     # calibration intercepts the scan, the refit bridge hooks out_proj: both get the L = 35 steps on the
     # Triton backend (run as 64) as on the reference backend
@@ -97,3 +106,15 @@ def test_pruning_sees_the_sequence_not_the_padding():
             assert _mixer_io(model.backbone.layers[0], hidden)[1].shape == (2 * 35, 64)
     assert seen["fast"][0] == seen["ref"][0] == [((2, 64, 35), (2, 5, 35), True)] * 2
     assert rel_err(seen["fast"][1], seen["ref"][1]) < 1e-5  # the intercepted call still fills the mixer's y
+
+
+def test_short_prompts_run_unpadded():
+    # the default rule: a multiple of 64 steps where that adds at most 1/16 of the steps, else of 16, else none
+    lengths = (1, 3, 16, 35, 100, 200, 1000, 1024, 2040, 2047, 16383)
+    assert [mamba1.padded_steps(n) for n in lengths] == [1, 3, 16, 35, 100, 208, 1024, 1024, 2048, 2048, 16384]
+    _, fast = models()
+    mixer = fast.backbone.layers[0].mixer
+    with torch.inference_mode():
+        for seqlen, steps in ((16, 16), (35, 35), (200, 208)):
+            x, z, length = mixer.prefill_in_proj(torch.randn(2, seqlen, 32))
+            assert x.shape[-1] == z.shape[-1] == steps and length == seqlen
