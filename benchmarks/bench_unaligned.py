@@ -119,8 +119,8 @@ def run_lm(records):
 def markdown(records, meta) -> str:
     lines = ["# Sequence lengths that are not multiples of 16 (bf16)", "",
              f"Device: {meta['device']}; torch {meta['torch']}, triton {meta['triton']}; {meta['date']}; "
-             f"git {meta['git']}; kernel tiles {'autotuned' if meta['autotune'] else 'untuned (PERFMAMBA_AUTOTUNE=0)'}.",
-             ""]
+             f"git {meta['git']}; kernel tiles "
+             f"{'autotuned' if meta['autotune'] else 'untuned (PERFMAMBA_AUTOTUNE=0)'}.", ""]
     scan = [r for r in records if r["part"] == "scan"]
     if scan:
         lines += ["Mamba-1 tile scan, N=16, mixer layout; ms per call, device time (graph) and eager:", "",

@@ -18,8 +18,8 @@ from perfmamba.models.init import KeepSsmParamsFp32, dt_bias_init
 # 16-bit values are one 128-byte cache line, so that every activation row starts on one
 STEP_MULTIPLE = 64
 # ... or of 16 steps (16-byte vectors), whichever adds at most 1/PAD_AT_MOST more steps; else none.  Short
-# prompts are then run as they are: padded to 64 steps, serving 64 prompts of 16 tokens took 53.1 MiB at
-# its peak on demo-mamba1 against 35.8 MiB unpadded (H200, 2026-12-01, docs/benchmarks/pruning-h200/)
+# prompts are then run as they are: padded to 64 steps, serving 64 prompts of 16 tokens peaked at 53.1 MiB
+# on demo-mamba1 (a1c5281) against 34.8 MiB unpadded (59bdaa9; H200, docs/benchmarks/pruning-h200/)
 PAD_AT_MOST = 16
 
 
