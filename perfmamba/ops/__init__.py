@@ -28,7 +28,7 @@ BACKENDS = ("auto", "ref", "loop", "triton")
 
 __all__ = ["BACKENDS", "selective_scan", "ssd", "causal_conv1d", "causal_conv1d_update", "selective_state_update",
            "rms_norm", "add_rms_norm", "mamba1_mixer_step", "resolve_backend",
-           "triton_available"]
+           "triton_available", "first_steps"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -67,6 +67,12 @@ def resolve_backend(backend: str, device: torch.device | str | None) -> str:
     return backend
 
 
+def first_steps(n: int, *tensors) -> list:
+    """Views of the first ``n`` steps (the last dimension) of each tensor; None stays None: a scan call's
+    inputs padded past the sequence, as the sequence's own (``selective_scan``'s ``length``)."""
+    return [t[..., :n] if t is not None else None for t in tensors]
+
+
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, backend="auto", length=None, out=None):
     """Mamba-1 selective scan.
@@ -89,8 +95,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if which == "triton":
         return _triton_module().selective_scan_triton(u, delta, A, B, C, **kwargs, length=length, out=out)
     if length is not None and length < u.shape[-1]:
-        u, delta, B, C = (t[..., :length] for t in (u, delta, B, C))
-        kwargs["z"] = z[..., :length] if z is not None else None
+        u, delta, B, C, kwargs["z"] = first_steps(length, u, delta, B, C, z)
     result = (selective_scan_ref if which == "loop" else selective_scan_chunked)(u, delta, A, B, C, **kwargs)
     if out is None:
         return result

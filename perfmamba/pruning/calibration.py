@@ -95,8 +95,8 @@ def _without_padding(args: dict) -> dict:
     length = args.get("length")
     if length is None or length == args["u"].shape[-1]:
         return args
-    cut = {k: args[k][..., :length] for k in ("u", "delta", "B", "C", "z", "out") if args.get(k) is not None}
-    return {**args, **cut, "length": None}
+    names = ("u", "delta", "B", "C", "z", "out")
+    return {**args, **dict(zip(names, ops.first_steps(length, *(args.get(k) for k in names)))), "length": None}
 
 
 def _layer_setter(state, idx):

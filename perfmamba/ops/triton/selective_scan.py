@@ -39,6 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
+from perfmamba.ops import first_steps
 from perfmamba.ops.replay import launches_are_free
 from perfmamba.ops.triton.alignment import common_factor, padded_copy, stride_unit
 
@@ -452,11 +453,6 @@ def segment_decay_coef(A):
     exp2(log2(e) A[d, n] * sum(delta)), so the per-channel delta sums are scaled by log2(e) A."""
     from perfmamba.ops.triton.split import LOG2E
     return (A.float() * LOG2E).reshape(-1).contiguous()
-
-
-def first_steps(n: int, *tensors) -> list:
-    """Views of the first ``n`` steps (the last dimension) of each tensor; None stays None."""
-    return [t[..., :n] if t is not None else None for t in tensors]
 
 
 def use_step_kernel(u, delta, z, n_state: int) -> bool:
