@@ -508,10 +508,10 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     operands = [u, delta, Bg, Cg] + ([z] if z is not None else []) + ([out] if out is not None else [])
     min_bytes = min(t.element_size() for t in operands)
     # rows start on whole 16-byte vectors where strides and L share a large enough power-of-two factor
-    vectors = realign and common_factor(*operands, sizes=(seqlen,)) * min_bytes >= 16
+    rows_factor = common_factor(*operands)
+    vectors = realign and min(rows_factor, common_factor(sizes=(seqlen,))) * min_bytes >= 16
     # a caller's padded rows, aligned, that run on to a multiple of 16 steps: scanned in place as if padded
-    in_place = (not vectors and u.shape[2] % 16 == 0 and seqlen < u.shape[2]
-                and common_factor(*operands) * min_bytes >= 16)
+    in_place = not vectors and u.shape[2] % 16 == 0 and seqlen < u.shape[2] and rows_factor * min_bytes >= 16
     padded = in_place or (realign and not vectors and u.numel() >= pad_threshold())
     copied = padded and not in_place
     if not in_place and seqlen < u.shape[2]:
