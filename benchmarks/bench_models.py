@@ -39,6 +39,17 @@ def cuda_median_ms(fn, warmup: int = 3, repeats: int = 20) -> float:
     return time_call(fn, "cuda", warmup=warmup, repeats=repeats).median_s * 1e3
 
 
+@torch.inference_mode()
+def prefill_ms(model, ids, keep: int, repeats: int = 20) -> tuple[float, float]:
+    """(eager ms, CUDA-graph replay ms) of a prefill of ``ids`` keeping the last ``keep`` positions' logits
+    (0: all)."""
+    eager_ms = cuda_median_ms(lambda: model.forward_unchecked(ids, None, keep), repeats=repeats)
+    graph = GraphPrefill(model, ids.shape[0], ids.shape[1], logits_to_keep=keep)
+    graph_ms = cuda_median_ms(lambda: graph(ids), repeats=repeats)
+    del graph
+    return eager_ms, graph_ms
+
+
 def peak_mb(fn) -> float:
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -99,24 +110,21 @@ def bench_prefill(records, model, name, repeats, ssm_model=None):
     """Prefill at L = 1024 and 16384, twice: with the logits of every position (a scoring forward, what
     mamba_ssm's and transformers' models return by default) and with the last position's only (what
     ``generate`` runs: ``logits_to_keep=1``, mamba_ssm's ``num_last_tokens=1``).  Then prompts whose length
-    is not a multiple of 16 (1000 and 16383, last-token logits), which Mamba-1's scan takes in units of 8
-    and on zero-padded copies."""
+    is not a multiple of 16 (1000 and 16383, last-token logits), which the Mamba-1 mixer runs as padded
+    steps (``mamba1.padded_steps``)."""
     cases = [(1024, 0), (1024, 1), (16384, 0), (16384, 1), (1000, 1), (16383, 1)]
     for seqlen, keep in cases:
         ids = torch.randint(0, model.config.vocab_size, (1, seqlen), device="cuda")
         label = "LM prefill, last-token logits" if keep else "LM prefill"
-        with torch.inference_mode():
-            eager_ms = cuda_median_ms(lambda: model.forward_unchecked(ids, None, keep), repeats=repeats)
-            graph = GraphPrefill(model, 1, seqlen, logits_to_keep=keep)
-            graph_ms = cuda_median_ms(lambda: graph(ids), repeats=repeats)
-            rec = {"workload": f"{name} {label}", "batch": 1, "seqlen": seqlen, "logits_to_keep": keep,
-                   "eager_ms": eager_ms, "ours_ms": min(eager_ms, graph_ms), "graph_ms": graph_ms,
-                   "tokens_per_s": seqlen / (min(eager_ms, graph_ms) / 1e3)}
-            if ssm_model is not None:
+        eager_ms, graph_ms = prefill_ms(model, ids, keep, repeats)
+        rec = {"workload": f"{name} {label}", "batch": 1, "seqlen": seqlen, "logits_to_keep": keep,
+               "eager_ms": eager_ms, "ours_ms": min(eager_ms, graph_ms), "graph_ms": graph_ms,
+               "tokens_per_s": seqlen / (min(eager_ms, graph_ms) / 1e3)}
+        if ssm_model is not None:
+            with torch.inference_mode():
                 rec["reference"] = "mamba_ssm"
                 rec["reference_ms"] = cuda_median_ms(lambda: ssm_model(ids, num_last_tokens=keep),
                                                      repeats=repeats)
-            del graph
         records.append(rec)
         print(rec, flush=True)
 

@@ -92,10 +92,9 @@ def run_scan(records):
 
 
 def run_lm(records):
-    from bench_models import cuda_median_ms
+    from bench_models import prefill_ms
     from perfmamba.api import load_model
     from perfmamba.models import mamba1
-    from perfmamba.models.cuda_graph import GraphPrefill
     default = mamba1.STEP_MULTIPLE
     model = load_model("mamba-130m", device="cuda", dtype="bfloat16")
     try:
@@ -103,11 +102,7 @@ def run_lm(records):
             ids = torch.randint(0, model.config.vocab_size, (1, seqlen), device="cuda")
             for multiple in (1, 16, 64):
                 mamba1.STEP_MULTIPLE = multiple
-                with torch.inference_mode():
-                    eager = cuda_median_ms(lambda: model.forward_unchecked(ids, None, 1))
-                    graph = GraphPrefill(model, 1, seqlen, logits_to_keep=1)
-                    replay = cuda_median_ms(lambda: graph(ids))
-                    del graph
+                eager, replay = prefill_ms(model, ids, 1)
                 rec = dict(part="lm", preset="mamba-130m", bsz=1, seqlen=seqlen, logits_to_keep=1,
                            step_multiple=multiple, default=multiple == default, graph_ms=replay, eager_ms=eager)
                 records.append(rec)
