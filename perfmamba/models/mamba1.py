@@ -148,7 +148,30 @@ class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
         kernels on the GPU at small batches."""
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (Bsz, D) each
         li = self.layer_idx
+        if ops.resolve_backend(self.backend, hidden.device) == "triton":
+            self._keep_x_proj_rows_pitched()
         y = ops.mamba1_mixer_step(x, z, cache.conv_states[li], self._conv_weight(), self.conv1d.bias,
                                   self.x_proj.weight, cache.ssm_states[li], self.neg_exp_A(), self.D,
                                   self.dt_proj.weight, self.dt_proj.bias, backend=self.backend)
         return self.out_proj(y)
+
+    def _keep_x_proj_rows_pitched(self) -> None:
+        """Move x_proj's weight (R + 2N, D) into zeroed storage of ``mamba1_step.row_pitch(R + 2N)`` rows, once,
+        so that the decode step's GEMM can run as one of that many outputs (``mamba1_step.x_proj_rows``: at
+        R + 2N = 44 cuBLAS's kernel for 44 outputs took 1.7x its time for 48).  The parameter stays the same
+        object with the same values, shape and contiguous layout (checkpoints, optimizers and in-place updates
+        see no difference; a CUDA graph reads the live weight); only its storage is 8 rows or fewer longer.
+        Not while a CUDA graph is being captured (the storage would come from the graph's private pool; the
+        capture's warm-up has done it), nor for a model made in inference mode (its weights are inference
+        tensors; the step then runs the GEMM as it is).  The new storage is a normal tensor even when this
+        runs in inference mode, so that the weight stays usable by autograd."""
+        from perfmamba.ops.triton.mamba1_step import pitched_rows, row_pitch
+        weight = self.x_proj.weight
+        rows, cols = weight.shape
+        if (row_pitch(rows) == rows or weight.is_inference() or not weight.is_contiguous()
+                or (weight.is_cuda and torch.cuda.is_current_stream_capturing()) or pitched_rows(weight) is not None):
+            return
+        with torch.inference_mode(False), torch.no_grad():
+            storage = weight.new_zeros(row_pitch(rows), cols)
+            storage[:rows].copy_(weight)
+            weight.data = storage[:rows]

@@ -56,7 +56,7 @@ def test_gpu_fp32_logits_match_cpu_reference(cpu_model):
     assert rel_err(got.cpu(), ref) < 1e-4
 
 
-@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("batch", [1, 4, 8])  # 8: past the fused Mamba-1 step's batch limit (mamba1_step.MAX_BATCH)
 def test_cuda_graph_decode_equals_eager(cpu_model, batch):
     model = MambaLM(cpu_model.config).cuda().to(torch.bfloat16)
     model.load_state_dict(cpu_model.state_dict())

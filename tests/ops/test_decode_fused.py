@@ -3,6 +3,8 @@ in the Triton interpreter on the CPU, compiled on a GPU.  Outputs and the in-pla
 several steps (later steps read what the kernels wrote), and a whole model's step with the fused op must
 equal the reference path's."""
 
+import copy
+
 import pytest
 import torch
 from kernel_harness import CUDA, interpreted, interpreter_env, ops, rel_err  # noqa: F401
@@ -25,9 +27,14 @@ ORDER = ("x", "z", "conv_state", "conv_weight", "conv_bias", "x_proj_weight", "s
          "dt_proj_weight", "dt_proj_bias")
 
 
-def check_mamba1_step(bsz, dim, n, rank, dtype, device, tol, seed=0, steps=3):
+def check_mamba1_step(bsz, dim, n, rank, dtype, device, tol, seed=0, steps=3, roomy=False):
     c = mamba1_step_case(bsz, dim, n, rank, dtype, device, seed)
     ref = {k: v.clone() for k, v in c.items()}
+    if roomy:  # x_proj's weight in storage of 8 more rows, NaN: what the pitched GEMM reads past it is dropped
+        w = c["x_proj_weight"]
+        storage = torch.full((w.shape[0] + 8, dim), float("nan"), device=device, dtype=dtype)
+        storage[:w.shape[0]] = w
+        c["x_proj_weight"] = storage[:w.shape[0]]
     for _ in range(steps):  # the states carry over: later steps read what the kernels wrote
         y = ops.mamba1_mixer_step(*(c[k] for k in ORDER), backend="triton")
         yr = mamba1_mixer_step_ref(*(ref[k] for k in ORDER))
@@ -53,9 +60,10 @@ def test_mamba1_step_shape_error_names_the_shapes():
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 class TestDecodeFusedOnGPU:
     @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
-    @pytest.mark.parametrize("bsz,n", [(1, 16), (4, 8), (16, 13)])  # 16: past MAX_BATCH, the unfused kernels
-    def test_mamba1_step(self, dtype, tol, bsz, n):
-        check_mamba1_step(bsz, 1536, n, 48, dtype, "cuda", tol, seed=n)
+    @pytest.mark.parametrize("bsz,n,roomy", [(1, 16, False), (4, 8, False), (16, 13, False), (16, 13, True)])
+    def test_mamba1_step(self, dtype, tol, bsz, n, roomy):
+        # 16: past MAX_BATCH, the unfused kernels; roomy: x_proj's GEMM on 80 rows (74 = 48 + 2 x 13 rounded up)
+        check_mamba1_step(bsz, 1536, n, 48, dtype, "cuda", tol, seed=n, roomy=roomy)
 
 
 @interpreted
@@ -64,7 +72,6 @@ class TestDecodeFusedOnGPU:
 def test_model_step_with_fused_ops_equals_reference(family, randomise):
     # MambaLM.step with backend="triton" (interpreted here; Mamba-1 through the fused mixer step): its
     # logits and caches equal the reference path's
-    import copy
 
     from perfmamba import Mamba1Config, Mamba2Config, MambaLM
     cfg = (Mamba1Config(d_model=32, n_layer=2, vocab_size=64, d_state=7, d_conv=3) if family == "mamba1" else
@@ -87,7 +94,74 @@ def test_model_step_with_fused_ops_equals_reference(family, randomise):
 
 
 @interpreted
-def test_mamba1_step_past_the_fused_batch_limit(monkeypatch):
+@pytest.mark.parametrize("roomy", [False, True])
+def test_mamba1_step_past_the_fused_batch_limit(monkeypatch, roomy):
     from perfmamba.ops.triton import mamba1_step
     monkeypatch.setattr(mamba1_step, "MAX_BATCH", 2)  # batch 3 then takes the unfused kernels
-    check_mamba1_step(3, 40, 7, 3, torch.float32, "cpu", 1e-5, seed=4)
+    check_mamba1_step(3, 40, 7, 3, torch.float32, "cpu", 1e-5, seed=4, roomy=roomy)
+
+
+def test_x_proj_rows_reads_rows_past_the_weight_only_where_its_storage_has_them():
+    # x_proj_rows runs the GEMM on R + 2N rounded up to a multiple of 8 rows when the weight's storage holds
+    # them (Mamba1Mixer.step keeps it so); whatever those rows hold (NaN here) must not reach the result
+    from perfmamba.ops.triton.mamba1_step import pitched_rows, x_proj_rows
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 32, generator=g)
+    exact = torch.randn(12, 32, generator=g)
+    assert pitched_rows(exact) is None  # its storage ends with it
+    storage = torch.full((16, 32), float("nan"))
+    storage[:12] = exact
+    roomy = storage[:12]
+    assert pitched_rows(roomy).shape == (16, 32) and pitched_rows(roomy).data_ptr() == roomy.data_ptr()
+    assert pitched_rows(storage[:16]) is None  # already a multiple of 8
+    assert pitched_rows(storage.t().contiguous().t()[:12]) is None  # column-major: no view past it is taken
+    want = torch.nn.functional.linear(x, exact)
+    for w in (exact, roomy):
+        got = x_proj_rows(x, w)
+        assert got.shape == (6, 12) and torch.equal(got, want)
+
+
+def _step_past_the_fused_batch(model):
+    """(Triton step, reference step) of ``model`` from one prefill, at a batch the fused step does not take."""
+    from perfmamba.ops.triton.mamba1_step import MAX_BATCH
+    bsz = MAX_BATCH + 2
+    ids = torch.randint(0, 64, (bsz, 9), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        cache = model.allocate_cache(bsz)
+        model(ids, cache)
+        ref_cache = copy.deepcopy(cache)
+        ref = model.step(ids[:, -1], ref_cache)
+        model.set_backend("triton")
+        out = model.step(ids[:, -1], cache)
+        model.set_backend("ref")
+    return out, ref
+
+
+@interpreted
+@pytest.mark.parametrize("made_in_inference_mode", [False, True])
+def test_model_step_keeps_x_proj_rows_pitched(randomise, made_in_inference_mode):
+    # the first Triton step moves x_proj's weight (R + 2N = 12 rows) into zeroed storage of 16 rows: the same
+    # parameter, values and layout, not an inference tensor (a backward still runs); the step past the fused
+    # batch limit reads the 16 rows and equals the reference path.  A model made in inference mode keeps its
+    # weights where they are, and its step is as right.
+    from perfmamba import Mamba1Config, MambaLM
+    from perfmamba.ops.triton.mamba1_step import pitched_rows
+    with torch.inference_mode(made_in_inference_mode):
+        model = randomise(MambaLM(Mamba1Config(d_model=32, n_layer=2, vocab_size=64, d_state=5, d_conv=3),
+                                  backend="ref"), seed=5).eval()
+    weights = [layer.mixer.x_proj.weight for layer in model.backbone.layers]
+    before = [w.detach().clone() for w in weights]
+    assert weights[0].shape == (12, 64) and pitched_rows(weights[0]) is None
+    out, ref = _step_past_the_fused_batch(model)
+    assert rel_err(out, ref) < 1e-5
+    for layer, w, b in zip(model.backbone.layers, weights, before):
+        now = layer.mixer.x_proj.weight
+        assert now is w and torch.equal(now, b) and now.is_contiguous()
+        if made_in_inference_mode:
+            assert pitched_rows(now) is None
+            continue
+        assert not now.is_inference() and pitched_rows(now) is not None
+        assert torch.count_nonzero(pitched_rows(now)[12:]) == 0
+    if not made_in_inference_mode:
+        model(torch.randint(0, 64, (2, 5))).float().sum().backward()
+        assert weights[0].grad is not None and weights[0].grad.shape == (12, 64)

@@ -74,6 +74,42 @@ BLOCK_M = 16  # the rows of a tensor-core dot; decode batches up to 16 take one 
 MAX_BATCH = 4
 
 
+# cuBLAS's choice for x_proj's GEMM at batch > MAX_BATCH depends on its output width R + 2N: at a width that is
+# not a multiple of 8 it took an sm80 WMMA kernel.  demo-mamba1-sized layers at 14 states (44 outputs; H200,
+# 2026-12-01, docs/benchmarks/tuning-h200/decode-x-proj.txt): 4.6 us per layer against 2.7 us for 48 outputs,
+# batch-64 decode at 0.88x the 16-state speed and batch 16 at 0.79x; giving the output rows a pitch of 48
+# alone changed nothing.  As a GEMM of 48 outputs (4 more weight rows) it took the 16-state kernel: 0.99x.
+XPROJ_ROWS_MULTIPLE = 8
+
+
+def x_proj_rows(x, weight):
+    """x @ weight^T (Bsz, R + 2N), computed as a GEMM of R + 2N rounded up to XPROJ_ROWS_MULTIPLE outputs
+    where the weight's storage holds that many rows from its start (``Mamba1Mixer.step`` keeps its x_proj
+    weight in such storage; see ``pitched_rows``).  The extra rows' outputs are computed and dropped: each
+    output column depends on its own weight row only, so whatever those rows hold changes nothing."""
+    rows = pitched_rows(weight)
+    if rows is None:
+        return torch.nn.functional.linear(x, weight)
+    return torch.nn.functional.linear(x, rows)[:, :weight.shape[0]]
+
+
+def row_pitch(rows: int) -> int:
+    """``rows`` rounded up to a multiple of XPROJ_ROWS_MULTIPLE."""
+    return rows + (-rows % XPROJ_ROWS_MULTIPLE)
+
+
+def pitched_rows(weight):
+    """``weight`` (J, D) extended to the next multiple of XPROJ_ROWS_MULTIPLE rows as a view of its own storage,
+    or None: when J is already such a multiple, or the weight is not row-major, or its storage ends sooner."""
+    rows, cols = weight.shape
+    pitch = row_pitch(rows)
+    if pitch == rows or weight.stride() != (cols, 1):
+        return None
+    if weight.untyped_storage().nbytes() < (weight.storage_offset() + pitch * cols) * weight.element_size():
+        return None
+    return weight.as_strided((pitch, cols), (cols, 1))
+
+
 def mamba1_mixer_step_triton(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, ssm_state, A, D,
                              dt_proj_weight, dt_proj_bias):
     """``mamba1_mixer_step_ref`` in two kernels up to batch MAX_BATCH, in three beyond (the conv update,
@@ -85,7 +121,7 @@ def mamba1_mixer_step_triton(x, z, conv_state, conv_weight, conv_bias, x_proj_we
     rank = dt_proj_weight.shape[1]
     if bsz > MAX_BATCH:
         x = causal_conv1d_update_triton(x, conv_state, conv_weight, conv_bias, activation="silu")
-        dt, B, C = torch.split(torch.nn.functional.linear(x, x_proj_weight), [rank, n_state, n_state], dim=-1)
+        dt, B, C = torch.split(x_proj_rows(x, x_proj_weight), [rank, n_state, n_state], dim=-1)
         return selective_state_update_triton(ssm_state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_proj_bias,
                                              dt_softplus=True, dt_proj_weight=dt_proj_weight)
     n_proj = x_proj_weight.shape[0]  # R + 2N
