@@ -423,6 +423,33 @@ class TestStateUpdateInterpreted:
         assert rel_err(y, yr) < 1e-5 and rel_err(state, state_ref) < 1e-5
 
 
+    @pytest.mark.parametrize("family,n,pitch", [("mamba1", 14, 14), ("mamba1", 6, 20), ("mamba2", 56, 56),
+                                                ("mamba2", 12, 36)])
+    def test_state_strides_in_units(self, family, n, pitch):
+        # states whose rows are 14, 20, 56 or 36 elements apart (a view of wider rows where pitch > n): the
+        # launcher passes the strides divided by their power-of-two factor (2, 4, 8, 4) and the kernel
+        # multiplies them back; the state is updated in place, its other columns untouched
+        from perfmamba.ops.triton.state_update import state_stride_unit
+        g = _gen(n + pitch)
+        bsz, heads, per = 3, 2, 8
+        lead = (bsz, heads * per) if family == "mamba1" else (bsz, heads, per)
+        wide = torch.randn(*lead, pitch, generator=g)
+        state = wide[..., :n]
+        state_ref = state.clone()
+        x, z = (torch.randn(*lead, generator=g) for _ in range(2))
+        dt = torch.randn(*lead, generator=g) if family == "mamba1" else torch.randn(bsz, heads, generator=g)
+        A = -torch.rand(heads * per, n, generator=g) if family == "mamba1" else -torch.rand(heads, generator=g)
+        B, C = torch.randn(bsz, 1, n, generator=g), torch.randn(bsz, 1, n, generator=g)
+        D = torch.randn(heads * per if family == "mamba1" else heads, generator=g)
+        unit, strides = state_stride_unit(list(state.stride()))
+        assert unit == {14: 2, 20: 4, 56: 8, 36: 4}[pitch] and strides[-1] == 1
+        untouched = wide[..., n:].clone()
+        y = ops.selective_state_update(state, x, dt, A, B, C, D, z, None, True, backend="triton")
+        yr = selective_state_update_ref(state_ref, x, dt, A, B, C, D, z, None, True)
+        assert rel_err(y, yr) < 1e-5 and rel_err(state, state_ref) < 1e-5
+        assert torch.equal(wide[..., n:], untouched)
+
+
 # ------------------------------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

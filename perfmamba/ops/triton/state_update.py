@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from perfmamba.ops.triton.alignment import common_factor
 from perfmamba.ops.triton.selective_scan import next_pow2, softplus
 
 
@@ -42,7 +43,9 @@ def _state_update_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     CLAMP_DT: tl.constexpr, DT_PROJ: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_R: tl.constexpr, PARTIALS: tl.constexpr, BLOCK_Q: tl.constexpr,
+    S_UNIT: tl.constexpr = 1,  # the state's batch, head and channel strides arrive divided by it (see launcher)
 ):
+    s_sb, s_sh, s_sp = s_sb * S_UNIT, s_sh * S_UNIT, s_sp * S_UNIT
     pid_bh = tl.program_id(0)
     b = pid_bh // H
     head = pid_bh % H
@@ -104,6 +107,21 @@ def _state_update_kernel(
 
 
 M1_BLOCK_P = 32
+# False: the state's strides as they are (for side-by-side timing)
+STATE_STRIDE_UNITS = True
+
+
+def state_stride_unit(strides) -> tuple[int, list]:
+    """(unit, strides): the state's (batch, head, channel) strides divided by their largest power-of-two factor
+    below 16, the state axis's stride as it is.  The state is the whole traffic of a decode step, and Triton
+    loads a row vector by vector only when it can prove the row start aligned, which it knows of an integer
+    argument only as "a multiple of 16": states of 56 (a pruned Mamba-2) or 14 (a pruned Mamba-1) have rows
+    that many elements apart, which it would load element by element.  The kernel multiplies the strides
+    back by the constant unit (as ``alignment.stride_unit`` does for the scans)."""
+    leading = list(strides[:-1])
+    factor = common_factor(sizes=tuple(leading)) if STATE_STRIDE_UNITS else 16
+    unit = 1 if factor == 16 else factor
+    return unit, [st // unit for st in leading] + [strides[-1]]
 
 
 def _split(t: torch.Tensor, dim: int, per: int):
@@ -167,6 +185,7 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
     if state.dim() == 3:
         block_p = min(block_p, M1_BLOCK_P)
     grid = (bsz * heads, triton.cdiv(per, block_p))
+    s_unit, st_s = state_stride_unit(st_s)
     _state_update_kernel[grid](
         state, x, dt, A, Bg, Cg, D if D is not None else x, z if z is not None else x,
         dt_bias if dt_bias is not None else x, y, w if w is not None else x,
@@ -176,7 +195,7 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
         N=n_state, HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None,
         SOFTPLUS=bool(dt_softplus), CLAMP_DT=clamp, DT_PROJ=w is not None, BLOCK_P=block_p, BLOCK_N=block_n,
         BLOCK_R=max(2, next_pow2(rank)), PARTIALS=partials is not None,
-        BLOCK_Q=max(2, next_pow2(partials[0].shape[0])) if partials is not None else 2,
+        BLOCK_Q=max(2, next_pow2(partials[0].shape[0])) if partials is not None else 2, S_UNIT=s_unit,
         num_warps=4,
     )
     return y
