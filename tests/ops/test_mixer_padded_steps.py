@@ -32,21 +32,28 @@ def models():
 @interpreted
 @pytest.mark.usefixtures("always_padded")
 @pytest.mark.parametrize("seqlen", [35, 3, 16])
-def test_padded_prefill_equals_the_reference(seqlen):
+@pytest.mark.parametrize("bsz", [2, 1])
+def test_padded_prefill_equals_the_reference(seqlen, bsz):
     ref, fast = models()
-    ids = torch.randint(0, 64, (2, seqlen))
+    ids = torch.randint(0, 64, (bsz, seqlen))
     mixer = fast.backbone.layers[0].mixer
-    x, _, length = mixer.prefill_in_proj(torch.randn(2, seqlen, 32))
+    hidden = torch.randn(bsz, seqlen, 32)
+    with torch.no_grad():
+        x, z, length = mixer.prefill_in_proj(hidden)
     assert length == seqlen and x.shape[-1] == seqlen + (-seqlen % mamba1.STEP_MULTIPLE) == mamba1.padded_steps(seqlen)
+    assert x.shape[:2] == z.shape[:2] == (bsz, mixer.d_inner)
+    want = torch.nn.functional.linear(hidden, mixer.in_proj.weight).transpose(1, 2)  # (Bsz, 2D, L), no bias here
+    assert rel_err(torch.cat([x, z], 1)[..., :seqlen], want) < 1e-6
+    assert torch.count_nonzero(torch.cat([x, z], 1)[..., seqlen:]) == 0  # the padding's columns: zeros
     with torch.inference_mode():
-        cache_ref, cache_fast = ref.allocate_cache(2), fast.allocate_cache(2)
+        cache_ref, cache_fast = ref.allocate_cache(bsz), fast.allocate_cache(bsz)
         logits_ref, logits_fast = ref(ids, cache_ref), fast(ids, cache_fast)
-    assert logits_fast.shape == logits_ref.shape == (2, seqlen, 64)
+    assert logits_fast.shape == logits_ref.shape == (bsz, seqlen, 64)
     assert rel_err(logits_fast, logits_ref) < 1e-5
     for got, want in zip(cache_fast.conv_states + cache_fast.ssm_states, cache_ref.conv_states + cache_ref.ssm_states):
         assert rel_err(got, want) < 1e-5  # the states after step L, not after the padding
     with torch.inference_mode():  # and decoding on from them agrees
-        nxt = torch.randint(0, 64, (2, 1))
+        nxt = torch.randint(0, 64, (bsz, 1))
         cache_ref.seqlen_offset = cache_fast.seqlen_offset = seqlen
         assert rel_err(fast(nxt, cache_fast), ref(nxt, cache_ref)) < 1e-5
 
@@ -108,10 +115,15 @@ def test_pruning_sees_the_sequence_not_the_padding():
     assert rel_err(seen["fast"][1], seen["ref"][1]) < 1e-5  # the intercepted call still fills the mixer's y
 
 
-def test_short_prompts_run_unpadded():
+def test_the_padding_rule_leaves_short_prompts_unpadded():
     # the default rule: a multiple of 64 steps where that adds at most 1/16 of the steps, else of 16, else none
     lengths = (1, 3, 16, 35, 100, 200, 1000, 1024, 2040, 2047, 16383)
     assert [mamba1.padded_steps(n) for n in lengths] == [1, 3, 16, 35, 100, 208, 1024, 1024, 2048, 2048, 16384]
+
+
+@interpreted
+def test_short_prompts_run_unpadded():
+    # the mixer on the Triton backend (CPU tensors: the interpreter) runs the rule's number of steps
     _, fast = models()
     mixer = fast.backbone.layers[0].mixer
     with torch.inference_mode():
