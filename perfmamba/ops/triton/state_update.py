@@ -112,8 +112,9 @@ STATE_STRIDE_UNITS = True
 
 
 def state_stride_unit(strides) -> tuple[int, list]:
-    """(unit, strides): the state's (batch, head, channel) strides divided by their largest power-of-two factor
-    below 16, the state axis's stride as it is.  The state is the whole traffic of a decode step, and Triton
+    """(unit, strides): the state's (batch, head, channel) strides divided by their largest common power-of-two
+    factor (unit 1 where that is 16 or more: Triton then sees the alignment itself), the state axis's stride
+    as it is.  The state is the whole traffic of a decode step, and Triton
     loads a row vector by vector only when it can prove the row start aligned, which it knows of an integer
     argument only as "a multiple of 16": states of 56 (a pruned Mamba-2) or 14 (a pruned Mamba-1) have rows
     that many elements apart, which it would load element by element.  The kernel multiplies the strides
