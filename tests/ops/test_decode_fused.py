@@ -139,7 +139,7 @@ def _step_past_the_fused_batch(model):
 
 @interpreted
 @pytest.mark.parametrize("made_in_inference_mode", [False, True])
-def test_model_step_keeps_x_proj_rows_pitched(randomise, made_in_inference_mode):
+def test_model_step_keeps_x_proj_rows_pitched(randomise, made_in_inference_mode, tmp_path):
     # the first Triton step moves x_proj's weight (R + 2N = 12 rows) into zeroed storage of 16 rows: the same
     # parameter, values and layout, not an inference tensor (a backward still runs); the step past the fused
     # batch limit reads the 16 rows and equals the reference path.  A model made in inference mode keeps its
@@ -163,5 +163,12 @@ def test_model_step_keeps_x_proj_rows_pitched(randomise, made_in_inference_mode)
         assert not now.is_inference() and pitched_rows(now) is not None
         assert torch.count_nonzero(pitched_rows(now)[12:]) == 0
     if not made_in_inference_mode:
+        from perfmamba.api import load_model
+        from perfmamba.models.checkpoint import save_checkpoint
+        for fmt in ("hf", "mamba_ssm"):  # the weights in longer storage save and load as they are
+            save_checkpoint(model, str(tmp_path / fmt), fmt)
+            loaded = load_model(str(tmp_path / fmt))
+            assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+            assert loaded.backbone.layers[0].mixer.x_proj.weight.shape == (12, 64)
         model(torch.randint(0, 64, (2, 5))).float().sum().backward()
         assert weights[0].grad is not None and weights[0].grad.shape == (12, 64)
