@@ -22,6 +22,13 @@ def common_factor(*tensors, sizes: tuple = ()) -> int:
     return factor
 
 
+def unit_of(*tensors, sizes: tuple = ()) -> int:
+    """The unit a kernel takes these strides and sizes in: their ``common_factor``, or 1 where that is 16
+    (Triton then sees the alignment itself, and the kernel compiles as without units)."""
+    factor = common_factor(*tensors, sizes=sizes)
+    return 1 if factor == 16 else factor
+
+
 def stride_unit(*tensors, sizes: tuple = ()) -> tuple[int, list, list]:
     """(unit, strides, sizes): the leading strides of ``tensors`` (each with innermost stride 1) and the
     integers ``sizes``, divided by their ``common_factor`` -- or, when that is 16, as they are (unit 1:
@@ -30,8 +37,7 @@ def stride_unit(*tensors, sizes: tuple = ()) -> tuple[int, list, list]:
     A dimension of size 1 gets stride 0 (so that its stride does not spoil the alignment: G = 1 with
     N = 56 in a Mamba-2 layer's conv output, rows 624 apart, is then all multiples of 16).
     """
-    factor = common_factor(*tensors, sizes=sizes)
-    unit = 1 if factor == 16 else factor
+    unit = unit_of(*tensors, sizes=sizes)
     leading = [[st if size > 1 else 0 for size, st in zip(t.shape[:-1], t.stride()[:-1])] for t in tensors]
     strides = [tuple(st // unit for st in row) + (t.stride(-1),) for row, t in zip(leading, tensors)]
     return unit, strides, [s // unit for s in sizes]

@@ -500,8 +500,9 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     if z is not None and z.stride(-1) != 1:
         z = z.contiguous()
     steps, seqlen = seqlen, seqlen if length is None else length  # (ops.selective_scan checks length)
+    whole = seqlen + (-seqlen % 16)  # the steps of whole 16-step vectors: what a padded kernel reads
     if seqlen < steps:  # only what the kernel reads: up to the first multiple of 16 from the end
-        u, delta, Bg, Cg, z, out = first_steps(min(steps, seqlen + (-seqlen % 16)), u, delta, Bg, Cg, z, out)
+        u, delta, Bg, Cg, z, out = first_steps(min(steps, whole), u, delta, Bg, Cg, z, out)
     if seqlen == 0:
         y, hlast = scan_outputs(u[..., :0], n_state, out, return_last_state, channels_last=False)
         return (y, hlast) if return_last_state else y
@@ -521,9 +522,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         # the tile's registers spill (offline sm_90: 280 16-bit loads and 142 spills per loop at L = 2047,
         # against 105 16-byte async copies and none at 2048).  The scan runs on copies padded with zeros to
         # a multiple of 16 steps instead; the kernel leaves the state alone past the true end.
-        grown = seqlen + (-seqlen % 16)
-        u, delta, Bg, Cg = (padded_copy(t, grown) for t in (u, delta, Bg, Cg))
-        z = padded_copy(z, grown) if z is not None else None
+        u, delta, Bg, Cg = (padded_copy(t, whole) for t in (u, delta, Bg, Cg))
+        z = padded_copy(z, whole) if z is not None else None
     y, hlast = scan_outputs(u, n_state, None if copied else out, return_last_state, channels_last=False)
     zz = z if z is not None else u
     if vectors or padded:  # unit 1 where Triton sees the alignment itself, and on the padded copies

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from perfmamba.ops.triton.alignment import common_factor
+from perfmamba.ops.triton.alignment import unit_of
 from perfmamba.ops.triton.selective_scan import next_pow2, softplus
 
 
@@ -120,8 +120,7 @@ def state_stride_unit(strides) -> tuple[int, list]:
     that many elements apart, which it would load element by element.  The kernel multiplies the strides
     back by the constant unit (as ``alignment.stride_unit`` does for the scans)."""
     leading = list(strides[:-1])
-    factor = common_factor(sizes=tuple(leading)) if STATE_STRIDE_UNITS else 16
-    unit = 1 if factor == 16 else factor
+    unit = unit_of(sizes=tuple(leading)) if STATE_STRIDE_UNITS else 1
     return unit, [st // unit for st in leading] + [strides[-1]]
 
 
