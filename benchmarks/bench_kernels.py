@@ -130,7 +130,7 @@ def mamba_ssm_fns():
 
 def run_main(records, copy_bw):
     ms_fns = mamba_ssm_fns()
-    for n_state in (16, 8):
+    for n_state in (16, 14, 12, 8):  # 14 and 12: several equal state tiles (``state_pieces``)
         args, kw = scan_inputs(n_state)
         selective_scan(*args, **kw, backend="triton")  # compile and pick the tile configuration first
         torch.cuda.synchronize()
@@ -253,7 +253,7 @@ def run_sweep(parts):
 
 
 def sweep_tiles(selective_scan_triton):
-    """Times the Mamba-1 tile kernel over a grid of configurations on the benchmark shape (N = 16 and 8),
+    """Times the Mamba-1 tile kernel over a grid of configurations on the benchmark shape (N = 16, 14, 12, 8),
     then the six fastest at N = 16 on the batch-1 shapes of a whole layer (L = 4096) and of a long prefill
     (L = 16384)."""
     print("sweep: mamba1 scan (BLOCK_L, BLOCK_D, N_IN, num_warps, num_stages)")
@@ -266,10 +266,15 @@ def sweep_tiles(selective_scan_triton):
                   (32, 8, 16, 1, 3), (64, 2, 16, 1, 3), (64, 2, 16, 1, 2), (64, 4, 16, 1, 3), (32, 2, 16, 1, 3),
                   (16, 4, 16, 1, 3), (128, 1, 16, 1, 3), (64, 4, 16, 2, 3), (128, 1, 8, 1, 3)],
              8: [(128, 2, 8, 1, 3), (32, 8, 8, 1, 3), (32, 8, 8, 1, 2), (64, 4, 8, 1, 3), (16, 8, 8, 1, 3),
-                 (16, 16, 8, 1, 3), (32, 16, 8, 1, 3), (64, 2, 8, 1, 3)]}
+                 (16, 16, 8, 1, 3), (32, 16, 8, 1, 3), (64, 2, 8, 1, 3)],
+             # several equal state tiles (``state_pieces``): 14 = 7 x 2 and 12 = 3 x 4, N_IN at most a tile
+             14: [(64, 4, 2, 1, 3), (64, 2, 2, 1, 3), (128, 2, 2, 1, 3), (32, 8, 2, 1, 3), (64, 4, 2, 1, 2),
+                  (128, 1, 2, 1, 3), (64, 8, 2, 2, 3)],
+             12: [(64, 4, 4, 1, 3), (64, 2, 4, 1, 3), (128, 2, 4, 1, 3), (32, 8, 4, 1, 3), (64, 4, 4, 1, 2),
+                  (128, 1, 4, 1, 3), (64, 8, 4, 2, 3)]}
     best16 = []
-    shapes = [(16, SCAN_SHAPE), (8, SCAN_SHAPE), (16, dict(bsz=1, seqlen=4096, dim=1536)),
-              (16, dict(bsz=1, seqlen=16384, dim=1536))]
+    shapes = [(16, SCAN_SHAPE), (8, SCAN_SHAPE), (14, SCAN_SHAPE), (12, SCAN_SHAPE),
+              (16, dict(bsz=1, seqlen=4096, dim=1536)), (16, dict(bsz=1, seqlen=16384, dim=1536))]
     for n_state, shape in shapes:
         args, kw = scan_inputs(n_state, shape=shape)
         ref = selective_scan(*args, **kw, backend="ref")
@@ -338,6 +343,11 @@ def write_outputs(records, meta, out_dir, tag):
     if "mamba1_scan N=8" in by and "mamba1_scan N=16" in by:
         ratio = by["mamba1_scan N=8"] / by["mamba1_scan N=16"]
         checks.append(("Mamba-1 scan N=8 time <= 0.55x N=16 time", ratio <= 0.55, f"{ratio:.2f}x"))
+    m1_ns = [n for n in (16, 14, 12, 8) if f"mamba1_scan N={n}" in by]
+    if len(m1_ns) > 2:  # issue 6: every state removed must save time, not only down to a power of two
+        ts = [by[f"mamba1_scan N={n}"] for n in m1_ns]
+        checks.append(("Mamba-1 scan time decreasing N " + " -> ".join(map(str, m1_ns)),
+                       all(a > b for a, b in zip(ts, ts[1:])), " -> ".join(f"{t:.3f}" for t in ts) + " ms"))
     if "mamba2_ssd N=128" in by:
         checks.append(("Mamba-2 SSD N=128 <= 0.30 ms", by["mamba2_ssd N=128"] <= 0.30, f"{by['mamba2_ssd N=128']:.3f} ms"))
     ssd_ns = [n for n in (128, 96, 64, 32) if f"mamba2_ssd N={n}" in by]

@@ -19,8 +19,10 @@ states of those channels in registers (fp32).  It walks the sequence in tiles of
     tiles in flight, and for N <= 16 all of a channel's states on N_IN (the candidates in
     ``_scan_configs``).
 
-The work per element is one exp2 plus a handful of FMAs, so the cost grows linearly with N; the padded
-BLOCK_N (a power of two) is the only waste for odd N.
+The work per element is one exp2 plus a handful of FMAs, so the cost grows linearly with N.  Tensor
+dimensions must be powers of two, so an N between them is covered by PIECES equal tiles of BLOCK_N states
+(``state_pieces``: 12 = 3 x 4, 14 = 7 x 2), each its own state tensor of the same shape and layout, unrolled
+at compile time; the padding of the last tile is the only waste.
 
 Tried and measured slower (H200, bf16, B=8 L=2048 D=1536, 2026-12-01; git 93fce64 has the code): a kernel
 that keeps the whole tile inside each thread (five-dimensional tiles so that no lane goes to L) and walks
@@ -244,6 +246,7 @@ def _selective_scan_kernel(
     FAST_ACT: tl.constexpr,  # approximate softplus / SiLU (16-bit inputs only)
     UNIT: tl.constexpr = 1,  # strides and L arrive divided by it (``alignment.stride_unit``)
     PADDED: tl.constexpr = False,  # inputs run on (finite) past L to a multiple of 16 steps, and y too
+    PIECES: tl.constexpr = 1,  # state tiles of BLOCK_N states each (``state_pieces``)
 ):
     L = L * UNIT
     if PADDED:  # walk (and load, and store) the padding too: whole vectors; the state stops at L_valid
@@ -261,60 +264,70 @@ def _selective_scan_kernel(
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # channel inside the group
     d_mask = offs_d < DG
     chan = g * DG + offs_d  # (BLOCK_D,) global channel index
-    # The state index n = no * N_IN + ni is split in two axes: N_OUT states per thread (the y reduction
-    # over them is in-register) times N_IN lanes (a short shuffle tree).  Tensors are laid out
-    # (BLOCK_L, N_OUT, BLOCK_D, N_IN): Triton's default layout fills lanes from the last axis, so lanes go
-    # to N_IN then BLOCK_D, warps to BLOCK_D, and L / N_OUT stay inside each thread.
+    # The state index n = piece * BLOCK_N + no * N_IN + ni.  A piece is one (N_OUT, BLOCK_D, N_IN) tensor:
+    # N_OUT states per thread (the y reduction over them is in-register) times N_IN lanes (a short shuffle
+    # tree).  Tensors are laid out (BLOCK_L, N_OUT, BLOCK_D, N_IN): Triton's default layout fills lanes from
+    # the last axis, so lanes go to N_IN then BLOCK_D, warps to BLOCK_D, and L / N_OUT stay inside each
+    # thread.  PIECES such tensors of the same shape and layout (a tuple, unrolled) cover N states where
+    # N is not a power of two: 12 = 3 x 4 costs three quarters of 16 instead of all of it (``state_pieces``).
     N_OUT: tl.constexpr = BLOCK_N // N_IN
     n_o = tl.arange(0, N_OUT)[:, None, None]  # (N_OUT, 1, 1)
     n_i = tl.arange(0, N_IN)[None, None, :]  # (1, 1, N_IN)
-    n3 = n_o * N_IN + n_i  # (N_OUT, 1, N_IN)
-    n_mask3 = n3 < N
     d3 = offs_d[None, :, None]  # (1, BLOCK_D, 1)
     chan3 = chan[None, :, None]
+    n3s = ()  # each piece's state indices, (N_OUT, 1, N_IN)
+    for k in tl.static_range(PIECES):
+        n3s = n3s + (k * BLOCK_N + n_o * N_IN + n_i,)
 
-    # A pre-scaled by log2(e) so that exp(delta*A) is one exp2.  (N_OUT, BLOCK_D, N_IN)
-    A2 = tl.load(A_ptr + chan3 * s_ad + n3 * s_an, mask=n_mask3 & (d3 < DG), other=0.0).to(tl.float32)
-    A2 = A2 * 1.4426950408889634
+    # A pre-scaled by log2(e) so that exp(delta*A) is one exp2.  (N_OUT, BLOCK_D, N_IN) a piece
+    A2s = ()
+    hs_in = ()  # the running state of the block's channels, a piece at a time
+    for k in tl.static_range(PIECES):
+        st_mask = (n3s[k] < N) & (d3 < DG)
+        A2s = A2s + (tl.load(A_ptr + chan3 * s_ad + n3s[k] * s_an, mask=st_mask, other=0.0).to(tl.float32)
+                     * 1.4426950408889634,)
+        if HAS_INIT:  # the state entering this segment (computed by the state-passing pass)
+            hs_in = hs_in + (tl.load(h0_ptr + b * s_ib + seg * s_is + chan3 * s_id + n3s[k] * s_in, mask=st_mask,
+                                     other=0.0),)
+        else:
+            hs_in = hs_in + (tl.zeros((N_OUT, BLOCK_D, N_IN), dtype=tl.float32),)
     if HAS_DT_BIAS:
         dt_bias = tl.load(dtb_ptr + chan, mask=d_mask, other=0.0).to(tl.float32)  # (BLOCK_D,)
     if HAS_D:
         d_skip = tl.load(Dp_ptr + chan, mask=d_mask, other=0.0).to(tl.float32)
 
-    st_mask = n_mask3 & (d3 < DG)
-    if HAS_INIT:  # the state entering this segment (computed by the state-passing pass)
-        h = tl.load(h0_ptr + b * s_ib + seg * s_is + chan3 * s_id + n3 * s_in, mask=st_mask, other=0.0)
-    else:
-        h = tl.zeros((N_OUT, BLOCK_D, N_IN), dtype=tl.float32)  # running state of the block's channels
     if STATES_ONLY:
         dt_sum = tl.zeros((BLOCK_D,), dtype=tl.float32)
     u_base = u_ptr + b * s_ub + chan[None, :] * s_ud
     t_base = dt_ptr + b * s_tb + chan[None, :] * s_td
     y_base = y_ptr + b * s_yb + chan[None, :] * s_yd
-    B_base = B_ptr + b * s_bb + g * s_bg + n3 * s_bn  # (N_OUT, 1, N_IN)
-    C_base = C_ptr + b * s_cb + g * s_cg + n3 * s_cn
+    B_base = B_ptr + b * s_bb + g * s_bg  # + n * s_bn + l * s_bl
+    C_base = C_ptr + b * s_cb + g * s_cg
     if HAS_Z:
         z_base = z_ptr + b * s_zb + chan[None, :] * s_zd
     rows = tl.arange(0, BLOCK_L)
     rows4 = rows[:, None, None, None]  # (BLOCK_L, 1, 1, 1)
     last_row = rows4 == BLOCK_L - 1
+    # B and C are loaded already broadcast over BLOCK_D (same address across those lanes: one
+    # transaction).  A full-shape load makes Triton give the whole computation this load's layout:
+    # L contiguous inside each thread (vector loads) and lanes over N_IN and BLOCK_D, which is the
+    # layout the in-register scan wants.  A (BLOCK_L, N_OUT, 1, N_IN) load would instead spread
+    # the BLOCK_D broadcast inside threads.
+    shape4: tl.constexpr = (BLOCK_L, N_OUT, BLOCK_D, N_IN)
 
     for l0 in tl.range(l_begin, l_end, BLOCK_L, num_stages=NUM_STAGES):
         offs_l = l0 + rows
         l_mask = offs_l < l_end
         ld_mask = l_mask[:, None] & d_mask[None, :]  # (BLOCK_L, BLOCK_D)
         l4 = l0 + rows4
-        ln_mask = (l4 < l_end) & n_mask3[None]  # (BLOCK_L, N_OUT, 1, N_IN)
         u = to_f32(tl.load(u_base + offs_l[:, None] * s_ul, mask=ld_mask, other=0.0), ASM)
         dt = to_f32(tl.load(t_base + offs_l[:, None] * s_tl, mask=ld_mask, other=0.0), ASM)
-        # B and C are loaded already broadcast over BLOCK_D (same address across those lanes: one
-        # transaction).  A full-shape load makes Triton give the whole computation this load's layout:
-        # L contiguous inside each thread (vector loads) and lanes over N_IN and BLOCK_D, which is the
-        # layout the in-register scan wants.  A (BLOCK_L, N_OUT, 1, N_IN) load would instead spread
-        # the BLOCK_D broadcast inside threads.
-        shape4: tl.constexpr = (BLOCK_L, N_OUT, BLOCK_D, N_IN)
-        m4 = tl.broadcast_to(ln_mask, shape4)
-        Bt = to_f32(tl.load(tl.broadcast_to(B_base[None] + l4 * s_bl, shape4), mask=m4, other=0.0), ASM)
+        m4s = ()  # (BLOCK_L, N_OUT, BLOCK_D, N_IN) a piece
+        Bts = ()
+        for k in tl.static_range(PIECES):
+            m4s = m4s + (tl.broadcast_to((l4 < l_end) & (n3s[k] < N)[None], shape4),)
+            Bts = Bts + (to_f32(tl.load(tl.broadcast_to(B_base + n3s[k][None] * s_bn + l4 * s_bl, shape4),
+                                        mask=m4s[k], other=0.0), ASM),)
         if HAS_DT_BIAS:
             dt = dt + dt_bias[None, :]
         if SOFTPLUS:
@@ -328,26 +341,34 @@ def _selective_scan_kernel(
         dt = materialize(dt, ASM)
 
         dt4 = dt[:, None, :, None]  # (BLOCK_L, 1, BLOCK_D, 1)
-        a = exp2_decay(dt4 * A2[None], ASM)  # (BLOCK_L, N_OUT, BLOCK_D, N_IN)
-        bx = dtu[:, None, :, None] * Bt
-        # The state entering the tile is folded into its first step (b_0 += a_0 h), so that the scan's
-        # running products of a are never used and the compiler drops them (one multiply and one FMA
-        # per state element fewer than folding it in afterwards).  With the whole tile inside each thread
-        # the row test is a constant per register and costs nothing.
-        bx = tl.where(rows4 == 0, a * h[None] + bx, bx)
-        if BLOCK_L == 1:
-            # one step per tile (the interpreter's choice: its generic scan is a Python loop per element)
-            hs = bx
-        else:
-            _, hs = tl.associative_scan((a, bx), 0, _scan_combine)
-        # -0.0 is the exact identity of fp32 addition: inside a thread this sum folds to the last row
-        h = tl.sum(tl.where(last_row, hs, -0.0), axis=0)
+        hs_out = ()
+        for k in tl.static_range(PIECES):
+            a = exp2_decay(dt4 * A2s[k][None], ASM)  # (BLOCK_L, N_OUT, BLOCK_D, N_IN)
+            bx = dtu[:, None, :, None] * Bts[k]
+            # The state entering the tile is folded into its first step (b_0 += a_0 h), so that the scan's
+            # running products of a are never used and the compiler drops them (one multiply and one FMA
+            # per state element fewer than folding it in afterwards).  With the whole tile inside each
+            # thread the row test is a constant per register and costs nothing.
+            bx = tl.where(rows4 == 0, a * hs_in[k][None] + bx, bx)
+            if BLOCK_L == 1:
+                # one step per tile (the interpreter's choice: its generic scan is a Python loop per element)
+                hs = bx
+            else:
+                _, hs = tl.associative_scan((a, bx), 0, _scan_combine)
+            # -0.0 is the exact identity of fp32 addition: inside a thread this sum folds to the last row
+            hs_out = hs_out + (tl.sum(tl.where(last_row, hs, -0.0), axis=0),)
+            if not STATES_ONLY:
+                Ct = to_f32(tl.load(tl.broadcast_to(C_base + n3s[k][None] * s_cn + l4 * s_cl, shape4),
+                                    mask=m4s[k], other=0.0), ASM)
+                if k == 0:
+                    y4 = hs * Ct  # the pieces' h C, summed over them
+                else:
+                    y4 += hs * Ct
+        hs_in = hs_out
         if STATES_ONLY:
             dt_sum += tl.sum(dt, axis=0)
         else:
-            Ct = to_f32(tl.load(tl.broadcast_to(C_base[None] + l4 * s_cl, shape4), mask=m4, other=0.0),
-                        ASM)
-            yt = tl.sum(tl.sum(hs * Ct, axis=1), axis=2)  # (BLOCK_L, BLOCK_D)
+            yt = tl.sum(tl.sum(y4, axis=1), axis=2)  # (BLOCK_L, BLOCK_D)
             if HAS_D:
                 yt += u * d_skip[None, :]
             if HAS_Z:
@@ -356,9 +377,32 @@ def _selective_scan_kernel(
             tl.store(y_base + offs_l[:, None] * s_yl, yt.to(y_ptr.dtype.element_ty), mask=ld_mask)
 
     if STORE_STATE:
-        tl.store(hlast_ptr + b * s_hb + seg * s_hs + chan3 * s_hd + n3 * s_hn, h, mask=st_mask)
+        for k in tl.static_range(PIECES):
+            tl.store(hlast_ptr + b * s_hb + seg * s_hs + chan3 * s_hd + n3s[k] * s_hn, hs_in[k],
+                     mask=(n3s[k] < N) & (d3 < DG))
     if STATES_ONLY:
         tl.store(dts_ptr + b * s_sb + seg * s_ss + chan * s_sd, dt_sum, mask=d_mask)
+
+
+MAX_PIECES = 8  # state tiles a program unrolls at most (each one more copy of the loop body)
+
+
+def state_pieces(n_state: int) -> tuple[int, int]:
+    """(PIECES, BLOCK_N): the fewest states, in equal power-of-two tiles of at least 2, that cover N.
+
+    The scan's work is per state element, so a tile padded to a power of two wastes its padding: 12
+    states in one tile cost what 16 do.  Equal tiles share one layout (no conversions between them):
+    12 = 3 x 4, 14 = 7 x 2, 24 = 3 x 8, 6 = 3 x 2.  Fewer, wider tiles win a tie (12 is 3 x 4, not
+    6 x 2), and powers of two stay one tile.
+    """
+    width = max(2, next_pow2(n_state))
+    best = (1, width)
+    while width > 2:
+        width //= 2
+        pieces = -(-n_state // width)
+        if pieces <= MAX_PIECES and pieces * width < best[0] * best[1]:
+            best = (pieces, width)
+    return best
 
 
 def _scan_configs(n_state: int, seqlen: int, channels_per_group: int):
@@ -370,9 +414,12 @@ def _scan_configs(n_state: int, seqlen: int, channels_per_group: int):
     first lanes on L (BLOCK_L / 8 of them for bf16: a shuffle tree finishes the scan) and keeps the rest of
     BLOCK_D inside each thread.  Tiles of one 16-byte vector of steps stay inside the thread (a plain
     chain of FMAs, the fewest instructions) but measured slower: too few warps to hide the loads.
-    Register space bounds BLOCK_L * N_OUT.
+    Register space bounds BLOCK_L * N_OUT.  Where N is covered by several equal tiles (``state_pieces``),
+    the candidates are those of the power-of-two tile they replace, with N_IN at most a tile's width: each
+    thread then holds fewer values than that tile's thread would.
     """
     block_n = max(2, next_pow2(n_state))
+    width = state_pieces(n_state)[1]
     if interpreting():
         # the interpreter runs each tensor op in numpy but associative_scan element by element in Python:
         # one step per tile and wide channel blocks are fastest there
@@ -391,6 +438,10 @@ def _scan_configs(n_state: int, seqlen: int, channels_per_group: int):
         first = ((128, n8, 1, 3, 2),)
     elif block_n == 16:
         first = ((64, 16, 1, 3, 4), (64, 16, 1, 3, 2), (128, 16, 1, 3, 1))
+        if width == 2:
+            # 14 = 7 x 2 (H200, 2026-12-01, tuning-h200/sweep-tile-7.txt): (64, 4, 2, 1, 2) 0.227 ms against
+            # 0.253 with three stages; with 12 = 3 x 4 three stages stay ahead (0.202 against 0.206)
+            first = ((64, 16, 1, 2, 4),) + first
     else:  # not measured with N_IN = BLOCK_N: more states per thread than these tiles hold in registers
         first = ()
     for block_l, n_in, nw, stages, block_d in first + (
@@ -399,7 +450,8 @@ def _scan_configs(n_state: int, seqlen: int, channels_per_group: int):
         n_in = min(32, max(1, n_in))
         if (block_n // n_in) * block_l > 256:  # registers: BLOCK_L * N_OUT values per thread and tensor
             continue
-        cfg = (block_l, block_d or (32 // n_in) * nw, n_in, nw, stages)
+        block_d = block_d or (32 // n_in) * nw
+        cfg = (block_l, block_d, min(n_in, width), nw, stages)
         if cfg not in cands:
             cands.append(cfg)
     return cands
@@ -531,7 +583,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     else:  # as they are: in units of 2 or 4 (bf16 at L = 2046 and 2044) the loop compiled offline to 277
         # and 64 spills against 142, not clearly better, and it was not measured
         unit, strides = 1, [t.stride() for t in (u, delta, Bg, Cg, zz, y)]
-    block_n = max(2, next_pow2(n_state))
+    pieces, block_n = state_pieces(n_state)
 
     def kernel(cfg, grid, seg, h_in, h_out, dt_sums, states_only):
         block_l, block_d, n_in, num_warps, num_stages = cfg
@@ -539,8 +591,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
             *scan_launch_args(u, delta, A, Bg, Cg, D, z, delta_bias, y, h_in, h_out, dt_sums, seg // block_l,
                               strides, seqlen // unit),
             **scan_launch_flags(n_state, D, z, delta_bias, delta_softplus, h_in, h_out, states_only, grid),
-            BLOCK_L=block_l, BLOCK_N=block_n, BLOCK_D=block_d, N_IN=n_in, NUM_STAGES=num_stages,
-            UNIT=unit, PADDED=padded, **asm_flags(u), num_warps=num_warps,
+            BLOCK_L=block_l, BLOCK_N=block_n, BLOCK_D=block_d, N_IN=min(n_in, block_n), NUM_STAGES=num_stages,
+            UNIT=unit, PADDED=padded, PIECES=pieces, **asm_flags(u), num_warps=num_warps,
         )
 
     def launch(cfg):
@@ -552,7 +604,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
 
     if config is None:
         # the candidates are timed once per shape class on the live inputs (see pick_config)
-        key = ("scan", block_n, next_pow2(dg), next_pow2(seqlen), bsz * groups, u.dtype, Bg.dtype, z is not None,
+        key = ("scan", pieces, block_n, next_pow2(dg), next_pow2(seqlen), bsz * groups, u.dtype, Bg.dtype, z is not None,
                splits)
         config = pick_config(key, _scan_configs(n_state, seqlen, dg), launch)
     launch(config)
