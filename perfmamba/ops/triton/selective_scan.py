@@ -281,16 +281,16 @@ def _selective_scan_kernel(
 
     # A pre-scaled by log2(e) so that exp(delta*A) is one exp2.  (N_OUT, BLOCK_D, N_IN) a piece
     A2s = ()
-    hs_in = ()  # the running state of the block's channels, a piece at a time
+    h_pieces = ()  # the running state of the block's channels, a piece at a time
     for k in tl.static_range(PIECES):
         st_mask = (n3s[k] < N) & (d3 < DG)
         A2s = A2s + (tl.load(A_ptr + chan3 * s_ad + n3s[k] * s_an, mask=st_mask, other=0.0).to(tl.float32)
                      * 1.4426950408889634,)
         if HAS_INIT:  # the state entering this segment (computed by the state-passing pass)
-            hs_in = hs_in + (tl.load(h0_ptr + b * s_ib + seg * s_is + chan3 * s_id + n3s[k] * s_in, mask=st_mask,
-                                     other=0.0),)
+            h0 = h0_ptr + b * s_ib + seg * s_is + chan3 * s_id
+            h_pieces = h_pieces + (tl.load(h0 + n3s[k] * s_in, mask=st_mask, other=0.0),)
         else:
-            hs_in = hs_in + (tl.zeros((N_OUT, BLOCK_D, N_IN), dtype=tl.float32),)
+            h_pieces = h_pieces + (tl.zeros((N_OUT, BLOCK_D, N_IN), dtype=tl.float32),)
     if HAS_DT_BIAS:
         dt_bias = tl.load(dtb_ptr + chan, mask=d_mask, other=0.0).to(tl.float32)  # (BLOCK_D,)
     if HAS_D:
@@ -341,7 +341,7 @@ def _selective_scan_kernel(
         dt = materialize(dt, ASM)
 
         dt4 = dt[:, None, :, None]  # (BLOCK_L, 1, BLOCK_D, 1)
-        hs_out = ()
+        h_next = ()
         for k in tl.static_range(PIECES):
             a = exp2_decay(dt4 * A2s[k][None], ASM)  # (BLOCK_L, N_OUT, BLOCK_D, N_IN)
             bx = dtu[:, None, :, None] * Bts[k]
@@ -349,14 +349,14 @@ def _selective_scan_kernel(
             # running products of a are never used and the compiler drops them (one multiply and one FMA
             # per state element fewer than folding it in afterwards).  With the whole tile inside each
             # thread the row test is a constant per register and costs nothing.
-            bx = tl.where(rows4 == 0, a * hs_in[k][None] + bx, bx)
+            bx = tl.where(rows4 == 0, a * h_pieces[k][None] + bx, bx)
             if BLOCK_L == 1:
                 # one step per tile (the interpreter's choice: its generic scan is a Python loop per element)
                 hs = bx
             else:
                 _, hs = tl.associative_scan((a, bx), 0, _scan_combine)
             # -0.0 is the exact identity of fp32 addition: inside a thread this sum folds to the last row
-            hs_out = hs_out + (tl.sum(tl.where(last_row, hs, -0.0), axis=0),)
+            h_next = h_next + (tl.sum(tl.where(last_row, hs, -0.0), axis=0),)
             if not STATES_ONLY:
                 Ct = to_f32(tl.load(tl.broadcast_to(C_base + n3s[k][None] * s_cn + l4 * s_cl, shape4),
                                     mask=m4s[k], other=0.0), ASM)
@@ -364,7 +364,7 @@ def _selective_scan_kernel(
                     y4 = hs * Ct  # the pieces' h C, summed over them
                 else:
                     y4 += hs * Ct
-        hs_in = hs_out
+        h_pieces = h_next
         if STATES_ONLY:
             dt_sum += tl.sum(dt, axis=0)
         else:
@@ -378,7 +378,7 @@ def _selective_scan_kernel(
 
     if STORE_STATE:
         for k in tl.static_range(PIECES):
-            tl.store(hlast_ptr + b * s_hb + seg * s_hs + chan3 * s_hd + n3s[k] * s_hn, hs_in[k],
+            tl.store(hlast_ptr + b * s_hb + seg * s_hs + chan3 * s_hd + n3s[k] * s_hn, h_pieces[k],
                      mask=(n3s[k] < N) & (d3 < DG))
     if STATES_ONLY:
         tl.store(dts_ptr + b * s_sb + seg * s_ss + chan * s_sd, dt_sum, mask=d_mask)
@@ -604,8 +604,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
 
     if config is None:
         # the candidates are timed once per shape class on the live inputs (see pick_config)
-        key = ("scan", pieces, block_n, next_pow2(dg), next_pow2(seqlen), bsz * groups, u.dtype, Bg.dtype, z is not None,
-               splits)
+        key = ("scan", pieces, block_n, next_pow2(dg), next_pow2(seqlen), bsz * groups, u.dtype, Bg.dtype,
+               z is not None, splits)
         config = pick_config(key, _scan_configs(n_state, seqlen, dg), launch)
     launch(config)
     if copied:
