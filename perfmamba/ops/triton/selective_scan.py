@@ -21,8 +21,8 @@ states of those channels in registers (fp32).  It walks the sequence in tiles of
 
 The work per element is one exp2 plus a handful of FMAs, so the cost grows linearly with N.  Tensor
 dimensions must be powers of two, so an N between them is covered by PIECES equal tiles of BLOCK_N states
-(``state_pieces``: 12 = 3 x 4, 14 = 7 x 2), each its own state tensor of the same shape and layout, unrolled
-at compile time; the padding of the last tile is the only waste.
+(``state_pieces``: 12 = 3 x 4, 14 = 7 x 2; up to 16 states), each its own state tensor of the same shape and
+layout, unrolled at compile time; the padding of the last tile is the only waste.
 
 Tried and measured slower (H200, bf16, B=8 L=2048 D=1536, 2026-12-01; git 93fce64 has the code): a kernel
 that keeps the whole tile inside each thread (five-dimensional tiles so that no lane goes to L) and walks
@@ -385,6 +385,7 @@ def _selective_scan_kernel(
 
 
 MAX_PIECES = 8  # state tiles a program unrolls at most (each one more copy of the loop body)
+PIECES_UP_TO = 16  # N above which the states stay in one power-of-two tile
 
 
 def state_pieces(n_state: int) -> tuple[int, int]:
@@ -392,11 +393,16 @@ def state_pieces(n_state: int) -> tuple[int, int]:
 
     The scan's work is per state element, so a tile padded to a power of two wastes its padding: 12
     states in one tile cost what 16 do.  Equal tiles share one layout (no conversions between them):
-    12 = 3 x 4, 14 = 7 x 2, 24 = 3 x 8, 6 = 3 x 2.  Fewer, wider tiles win a tie (12 is 3 x 4, not
-    6 x 2), and powers of two stay one tile.
+    12 = 3 x 4, 14 = 7 x 2, 6 = 3 x 2.  Fewer, wider tiles win a tie (12 is 3 x 4, not 6 x 2), and powers
+    of two stay one tile.  Only up to ``PIECES_UP_TO`` states, where it was measured (H200, 2026-12-01:
+    N = 14 and 12 at 0.80x and 0.71x of N = 16).  Past that the candidate tiles spill registers either
+    way and seven tiles took 3.5 times as long to compile (N = 97 as 7 x 16: 13.6 s against 3.9 s
+    offline), with no measurement of their speed; Mamba-1's published models all have N = 16.
     """
     width = max(2, next_pow2(n_state))
     best = (1, width)
+    if width > PIECES_UP_TO:
+        return best
     while width > 2:
         width //= 2
         pieces = -(-n_state // width)
