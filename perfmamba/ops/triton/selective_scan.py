@@ -444,10 +444,12 @@ def _scan_configs(n_state: int, seqlen: int, channels_per_group: int):
         first = ((128, n8, 1, 3, 2),)
     elif block_n == 16:
         first = ((64, 16, 1, 3, 4), (64, 16, 1, 3, 2), (128, 16, 1, 3, 1))
+        # 14 = 7 x 2 (H200, 2026-12-01): at B=8, L=2048 two stages were faster (0.227 against 0.253 ms,
+        # tuning-h200/sweep-tile-7.txt), but as the first candidate they made demo-mamba1's L=16384 prefill
+        # 1.00x of 16 states' against 1.09x with three (tuning-h200/prune-14-stages.txt), so three stay first
+        # and two are a later candidate for the autotuner
         if width == 2:
-            # 14 = 7 x 2 (H200, 2026-12-01, tuning-h200/sweep-tile-7.txt): (64, 4, 2, 1, 2) 0.227 ms against
-            # 0.253 with three stages; with 12 = 3 x 4 three stages stay ahead (0.202 against 0.206)
-            first = ((64, 16, 1, 2, 4),) + first
+            first = first + ((64, 16, 1, 2, 4),)
     else:  # not measured with N_IN = BLOCK_N: more states per thread than these tiles hold in registers
         first = ()
     for block_l, n_in, nw, stages, block_d in first + (
