@@ -165,12 +165,12 @@ class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
         capture's warm-up has done it), nor for a model made in inference mode (its weights are inference
         tensors; the step then runs the GEMM as it is).  The new storage is a normal tensor even when this
         runs in inference mode, so that the weight stays usable by autograd."""
-        from perfmamba.ops.triton.mamba1_step import pitched_rows, row_pitch
+        from perfmamba.ops.triton.mamba1_step import row_pitch, wants_pitched_storage
         weight = self.x_proj.weight
-        rows, cols = weight.shape
-        if (row_pitch(rows) == rows or weight.is_inference() or not weight.is_contiguous()
-                or (weight.is_cuda and torch.cuda.is_current_stream_capturing()) or pitched_rows(weight) is not None):
+        if (weight.is_inference() or (weight.is_cuda and torch.cuda.is_current_stream_capturing())
+                or not wants_pitched_storage(weight)):
             return
+        rows, cols = weight.shape
         with torch.inference_mode(False), torch.no_grad():
             storage = weight.new_zeros(row_pitch(rows), cols)
             storage[:rows].copy_(weight)

@@ -98,16 +98,32 @@ def row_pitch(rows: int) -> int:
     return rows + (-rows % XPROJ_ROWS_MULTIPLE)
 
 
+def _can_pitch(weight) -> bool:
+    """J (rows) not a multiple of XPROJ_ROWS_MULTIPLE, and the weight row-major: the rows a longer storage would
+    add follow its own."""
+    rows, cols = weight.shape
+    return row_pitch(rows) != rows and weight.stride() == (cols, 1)
+
+
+def _storage_holds_pitch(weight) -> bool:
+    rows, cols = weight.shape
+    needed = (weight.storage_offset() + row_pitch(rows) * cols) * weight.element_size()
+    return weight.untyped_storage().nbytes() >= needed
+
+
 def pitched_rows(weight):
     """``weight`` (J, D) extended to the next multiple of XPROJ_ROWS_MULTIPLE rows as a view of its own storage,
     or None: when J is already such a multiple, or the weight is not row-major, or its storage ends sooner."""
+    if not _can_pitch(weight) or not _storage_holds_pitch(weight):
+        return None
     rows, cols = weight.shape
-    pitch = row_pitch(rows)
-    if pitch == rows or weight.stride() != (cols, 1):
-        return None
-    if weight.untyped_storage().nbytes() < (weight.storage_offset() + pitch * cols) * weight.element_size():
-        return None
-    return weight.as_strided((pitch, cols), (cols, 1))
+    return weight.as_strided((row_pitch(rows), cols), (cols, 1))
+
+
+def wants_pitched_storage(weight) -> bool:
+    """True where ``pitched_rows`` would extend ``weight`` but its storage ends too soon (see
+    ``Mamba1Mixer._keep_x_proj_rows_pitched``, which then moves it into longer storage)."""
+    return _can_pitch(weight) and not _storage_holds_pitch(weight)
 
 
 def mamba1_mixer_step_triton(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, ssm_state, A, D,

@@ -107,8 +107,6 @@ def _state_update_kernel(
 
 
 M1_BLOCK_P = 32
-# False: the state's strides as they are (for side-by-side timing)
-STATE_STRIDE_UNITS = True
 
 
 def state_stride_unit(strides) -> tuple[int, list]:
@@ -120,7 +118,7 @@ def state_stride_unit(strides) -> tuple[int, list]:
     that many elements apart, which it would load element by element.  The kernel multiplies the strides
     back by the constant unit (as ``alignment.stride_unit`` does for the scans)."""
     leading = list(strides[:-1])
-    unit = unit_of(sizes=tuple(leading)) if STATE_STRIDE_UNITS else 1
+    unit = unit_of(sizes=tuple(leading))
     return unit, [st // unit for st in leading] + [strides[-1]]
 
 
