@@ -7,7 +7,9 @@
    ``PAD_FROM_ELEMENTS_REPLAYED`` inside a graph's capture).  Device time per call from a CUDA graph of
    ten calls, and eager time per call (50 calls back to back, the host's launches included).
 2. ``lm``: mamba-130m's prefill (B=1, last-token logits, random weights) at aligned and unaligned L, with
-   the mixer's ``STEP_MULTIPLE`` at 1 (no padding), 16 and 64: CUDA-graph replay and eager.
+   the mixer's ``STEP_MULTIPLE`` at 1 (no padding), 16 and 64, the prompt padded once by the model
+   (``MambaLM.prompt_steps``, the default), and at 64 also padded by each mixer in turn (what the model
+   did before): CUDA-graph replay and eager.
 
     PERFMAMBA_AUTOTUNE=0 python benchmarks/bench_unaligned.py [--parts scan lm] [--out-dir DIR]
 
@@ -100,15 +102,20 @@ def run_lm(records):
     try:
         for seqlen in LM_LENGTHS:
             ids = torch.randint(0, model.config.vocab_size, (1, seqlen), device="cuda")
-            for multiple in (1, 16, 64):
+            for multiple, padded_by in ((1, "model"), (16, "model"), (64, "model"), (64, "mixer")):
                 mamba1.STEP_MULTIPLE = multiple
+                if padded_by == "mixer":  # the model runs the prompt as it is; each mixer pads its own input
+                    model.prompt_steps = lambda n, cache=None: n
                 eager, replay = prefill_ms(model, ids, 1)
+                model.__dict__.pop("prompt_steps", None)
                 rec = dict(part="lm", preset="mamba-130m", bsz=1, seqlen=seqlen, logits_to_keep=1,
-                           step_multiple=multiple, default=multiple == default, graph_ms=replay, eager_ms=eager)
+                           step_multiple=multiple, padded_by=padded_by,
+                           default=multiple == default and padded_by == "model", graph_ms=replay, eager_ms=eager)
                 records.append(rec)
                 print(rec, flush=True)
     finally:
         mamba1.STEP_MULTIPLE = default
+        model.__dict__.pop("prompt_steps", None)
 
 
 def markdown(records, meta) -> str:
@@ -129,11 +136,14 @@ def markdown(records, meta) -> str:
         lines.append("")
     lm = [r for r in records if r["part"] == "lm"]
     if lm:
-        lines += ["mamba-130m prefill, B=1, last-token logits; ms (graph replay / eager) by STEP_MULTIPLE:", "",
-                  "| L | 1 | 16 | 64 |", "|---:|---|---|---|"]
+        lines += ["mamba-130m prefill, B=1, last-token logits; ms (graph replay / eager) by STEP_MULTIPLE, the "
+                  "prompt padded once by the model (the default) or by each mixer:", "",
+                  "| L | 1 | 16 | 64 | 64, each mixer |", "|---:|---|---|---|---|"]
         for seqlen in dict.fromkeys(r["seqlen"] for r in lm):
-            cells = {r["step_multiple"]: f"{r['graph_ms']:.3f} / {r['eager_ms']:.3f}" for r in lm if r["seqlen"] == seqlen}
-            lines.append(f"| {seqlen} | {cells.get(1, '')} | {cells.get(16, '')} | {cells.get(64, '')} |")
+            cells = {(r["step_multiple"], r.get("padded_by", "mixer")): f"{r['graph_ms']:.3f} / {r['eager_ms']:.3f}"
+                     for r in lm if r["seqlen"] == seqlen}
+            row = [cells.get(key, "") for key in ((1, "model"), (16, "model"), (64, "model"), (64, "mixer"))]
+            lines.append(f"| {seqlen} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 

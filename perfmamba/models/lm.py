@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from perfmamba.errors import PerfMambaError
 from perfmamba.models.block import Block
@@ -83,12 +84,30 @@ class MambaLM(nn.Module):
     def forward_unchecked(self, input_ids: torch.Tensor, cache: Optional[InferenceCache] = None,
                           logits_to_keep: int = 0) -> torch.Tensor:
         """``forward`` without the input checks, whose host sync cannot be captured in a CUDA graph."""
-        hidden = self._run_blocks(self.backbone.embedding(input_ids), lambda block, h: block.mixer(h, cache))
+        seqlen = input_ids.shape[1]
+        steps = self.prompt_steps(seqlen, cache)
+        if steps == seqlen:
+            hidden = self._run_blocks(self.backbone.embedding(input_ids), lambda block, h: block.mixer(h, cache))
+        else:  # token 0 after the prompt's end: the model is causal, so nothing before it changes
+            padded = self.backbone.embedding(F.pad(input_ids, (0, steps - seqlen)))
+            hidden = self._run_blocks(padded, lambda block, h: block.mixer(h, cache, length=seqlen))[:, :seqlen]
         if cache is not None:
-            cache.seqlen_offset += input_ids.shape[1]
+            cache.seqlen_offset += seqlen
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         return self.lm_head(hidden)
+
+    def prompt_steps(self, seqlen: int, cache: Optional[InferenceCache] = None) -> int:
+        """How many steps ``forward`` runs a prompt of ``seqlen`` tokens as.  Mamba-1 on the Triton kernels
+        runs a prompt as a padded number of steps (``Mamba1Mixer.prefill_in_proj``); padding it once here,
+        instead of in every mixer, saves each layer a fill and a copy of its input (on an H200, mamba-130m
+        at L = 16383: 0.6 ms of its prefill; docs/kernel_notes.md).  The first mixer's rule decides; a mixer
+        on another backend takes the padded rows as they come (its ``length`` argument).  A prompt that
+        continues a filled cache runs as it is (one step per token)."""
+        mixer = self.backbone.layers[0].mixer if len(self.backbone.layers) else None
+        if not hasattr(mixer, "prompt_steps") or (cache is not None and cache.seqlen_offset > 0):
+            return seqlen
+        return mixer.prompt_steps(seqlen, self.backbone.embedding.weight.device)
 
     def _run_blocks(self, x: torch.Tensor, run_mixer) -> torch.Tensor:
         """The residual stream through every block and the final norm: Block's x + mixer(norm(x)), with

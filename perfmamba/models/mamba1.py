@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from perfmamba import ops
 from perfmamba.config import Mamba1Config
+from perfmamba.errors import PerfMambaError
 from perfmamba.models.cache import InferenceCache
 from perfmamba.models.init import KeepSsmParamsFp32, dt_bias_init
 
@@ -66,21 +67,32 @@ class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
     def _split_xproj(self, x_dbl: torch.Tensor):
         return torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
 
-    def forward(self, hidden: torch.Tensor, cache: Optional[InferenceCache] = None) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, cache: Optional[InferenceCache] = None,
+                length: Optional[int] = None) -> torch.Tensor:
         """hidden: (Bsz, L, d_model) -> (Bsz, L, d_model).  With a fresh cache, its states are filled.  The
-        steps are methods of their own, which the profiler times one by one (profiling/stages.py)."""
+        steps are methods of their own, which the profiler times one by one (profiling/stages.py).
+
+        ``length``: hidden's rows past it are padding that the caller added (MambaLM pads a prompt once for
+        all its layers, see ``prompt_steps``); the states are those after step ``length``, and the output
+        keeps every row, so that the padded rows go on to the next layer.
+        """
         if cache is not None and cache.seqlen_offset > 0:
             return torch.stack([self.step(hidden[:, t], cache) for t in range(hidden.shape[1])], dim=1)
-        x, z, seqlen = self.prefill_in_proj(hidden)
+        x, z, seqlen = self.prefill_in_proj(hidden, length)
         x, conv_state = self.prefill_conv(x, seqlen, with_state=cache is not None)
         x_dbl = self.prefill_x_proj(x)
         y, ssm_state = self.prefill_scan(x, self.prefill_dt_proj(x_dbl), x_dbl, z, seqlen)
         if cache is not None:
             cache.conv_states[self.layer_idx].copy_(conv_state)
             cache.ssm_states[self.layer_idx].copy_(ssm_state)
-        return self.prefill_out_proj(y, seqlen)
+        return self.prefill_out_proj(y, seqlen if length is None else y.shape[-1])
 
-    def prefill_in_proj(self, hidden: torch.Tensor):
+    def prompt_steps(self, seqlen: int, device) -> int:
+        """How many steps this mixer runs a prompt of ``seqlen`` tokens as: ``padded_steps`` on the Triton
+        kernels (``prefill_in_proj`` says why), the prompt itself on the other backends."""
+        return padded_steps(seqlen) if ops.resolve_backend(self.backend, device) == "triton" else seqlen
+
+    def prefill_in_proj(self, hidden: torch.Tensor, length: Optional[int] = None):
         """(x, z, L): in_proj's output as channels-first views (Bsz, D, steps) each, and the sequence length.
 
         Channels-first activations straight out of the GEMMs (the weight times the transposed input, as
@@ -91,12 +103,16 @@ class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
         in 16-bit data start on no 16-byte vector, and cuBLAS then takes its slow unaligned GEMMs (on an
         H200 mamba-130m's prefill took 49.0 ms at L = 16383 against 18.3 ms at 16384; see
         docs/kernel_notes.md).  The model is causal, so the padding changes nothing before it; the scan
-        stops at L and the conv state is taken there (``prefill_conv``).
+        stops at L and the conv state is taken there (``prefill_conv``).  Given ``length``, hidden is already
+        padded (its rows past ``length`` are the caller's padding) and is taken as it is.
         """
-        bsz, seqlen, _ = hidden.shape
-        steps = seqlen
-        if ops.resolve_backend(self.backend, hidden.device) == "triton":
-            steps = padded_steps(seqlen)
+        bsz, steps, _ = hidden.shape
+        if length is not None:
+            if not 0 < length <= steps:
+                raise PerfMambaError(f"length must be in 1..{steps} (hidden's rows); got {length}")
+            seqlen = length
+        else:
+            seqlen, steps = steps, self.prompt_steps(steps, hidden.device)
             if steps != seqlen:
                 hidden = F.pad(hidden, (0, 0, 0, steps - seqlen))
         d = self.d_inner
@@ -133,6 +149,8 @@ class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
         y_valid, state = ops.selective_scan(x, dt, self.neg_exp_A(), x_dbl[:, r:r + n], x_dbl[:, r + n:], D=self.D,
                                             z=z, delta_bias=self.dt_proj.bias, delta_softplus=True,
                                             return_last_state=True, backend=self.backend, length=seqlen, out=y)
+        if y is not None and ops.resolve_backend(self.backend, x.device) != "triton":
+            y[..., seqlen:].zero_()  # the other backends leave the padding's steps unwritten (the kernel fills them)
         return (y_valid if y is None else y), state
 
     def prefill_out_proj(self, y: torch.Tensor, seqlen: int) -> torch.Tensor:

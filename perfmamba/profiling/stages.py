@@ -43,9 +43,9 @@ def run_stages(stages, env: dict) -> dict:
 def _mamba1_prefill(m) -> list:
     """Mamba1Mixer.forward (no cache): u (Bsz, L, d_model) -> out (Bsz, L, d_model)."""
 
-    def in_proj(e):
-        x, z, seqlen = m.prefill_in_proj(e["u"])
-        return {"res": e["res"], "x": x, "z": z, "seqlen": seqlen}  # (Bsz, D, steps) each
+    def in_proj(e):  # "length": set where the whole model padded the prompt (MambaLM.prompt_steps)
+        x, z, seqlen = m.prefill_in_proj(e["u"], e.get("length"))
+        return {"res": e["res"], "x": x, "z": z, "seqlen": seqlen, "length": e.get("length")}  # (Bsz, D, steps)
 
     def conv1d(e):
         return {**e, "x": m.prefill_conv(e["x"], e["seqlen"], with_state=False)[0]}
@@ -58,10 +58,11 @@ def _mamba1_prefill(m) -> list:
 
     def ssm(e):
         y, _ = m.prefill_scan(e["x"], e["dt"], e["x_dbl"], e["z"], e["seqlen"])  # (Bsz, D, steps), gate fused
-        return {"res": e["res"], "y": y, "seqlen": e["seqlen"]}
+        return {"res": e["res"], "y": y, "seqlen": e["seqlen"], "length": e["length"]}
 
-    def out_proj(e):
-        return {"res": e["res"], "out": m.prefill_out_proj(e["y"], e["seqlen"])}
+    def out_proj(e):  # every step's row where the model padded the prompt: they go on to the next layer
+        rows = e["seqlen"] if e["length"] is None else e["y"].shape[-1]
+        return {"res": e["res"], "out": m.prefill_out_proj(e["y"], rows), "length": e["length"]}
 
     return [("in_proj", in_proj), ("conv1d", conv1d), ("x_proj", x_proj), ("dt_proj", dt_proj), ("ssm", ssm),
             ("out_proj", out_proj)]
@@ -200,7 +201,8 @@ def model_stages(model, mode: str, cache=None) -> list:
 
     As in ``MambaLM._run_blocks``, each block's residual add is fused into the norm that follows it (the
     next block's pre-norm, or the final norm): one "norm" stage per layer, ``add_forward``, and none after
-    the mixer.
+    the mixer.  As in ``MambaLM.forward``, a prompt that the model runs as more steps than its length
+    (``MambaLM.prompt_steps``) is padded at the embedding, and the padding's rows are dropped before lm_head.
     """
     bb = model.backbone
     fp32 = torch.float32 if model.config.residual_in_fp32 else None
@@ -208,16 +210,27 @@ def model_stages(model, mode: str, cache=None) -> list:
     def add_norm(norm):
         def fn(e):  # the mixer output (or the embedding, before layer 0) joins the residual stream
             normed, res = norm.add_forward(e["out"] if "out" in e else e["h"], e.get("res"), residual_dtype=fp32)
-            return {"res": res, "u": normed}
+            return {"res": res, "u": normed, "length": e.get("length")}
         return fn
 
-    stages = [Stage("embedding", "embedding", lambda e: {"h": bb.embedding(e["ids"])})]
+    def embedding(e):
+        ids = e["ids"]
+        if mode != "prefill" or model.prompt_steps(ids.shape[1]) == ids.shape[1]:
+            return {"h": bb.embedding(ids)}
+        steps = model.prompt_steps(ids.shape[1])
+        return {"h": bb.embedding(torch.nn.functional.pad(ids, (0, steps - ids.shape[1]))), "length": ids.shape[1]}
+
+    def lm_head(e):
+        h = e["h"] if e.get("length") is None else e["h"][:, :e["length"]]
+        return {"logits": model.lm_head(h)}
+
+    stages = [Stage("embedding", "embedding", embedding)]
     for i, block in enumerate(bb.layers):
         stages.append(Stage("norm", "norm_add", add_norm(block.norm), i))
         stages += [Stage(name, name, fn, i) for name, fn in _mixer_parts(block.mixer, mode, cache)]
     final = add_norm(bb.norm_f)
-    stages.append(Stage("norm", "norm_f", lambda e: {"h": final(e)["u"]}))
-    stages.append(Stage("lm_head", "lm_head", lambda e: {"logits": model.lm_head(e["h"])}))
+    stages.append(Stage("norm", "norm_f", lambda e: {"h": final(e)["u"], "length": e.get("length")}))
+    stages.append(Stage("lm_head", "lm_head", lm_head))
     return stages
 
 

@@ -130,3 +130,28 @@ def test_short_prompts_run_unpadded():
         for seqlen, steps in ((16, 16), (35, 35), (200, 208)):
             x, z, length = mixer.prefill_in_proj(torch.randn(2, seqlen, 32))
             assert x.shape[-1] == z.shape[-1] == steps and length == seqlen
+
+
+@interpreted
+@pytest.mark.usefixtures("always_padded")
+def test_the_model_pads_a_prompt_once_for_every_layer(monkeypatch):
+    # MambaLM on the Triton backend pads the prompt at its embedding; its mixers take those rows as they
+    # are (no pad of their own) and the true length; a layer on the reference backend does the same
+    ref, fast = models()
+    fast.backbone.layers[1].mixer.backend = "ref"
+    calls, pads = [], []
+    for block in fast.backbone.layers:
+        block.mixer.register_forward_pre_hook(
+            lambda m, args, kwargs: calls.append((args[0].shape[1], kwargs.get("length"))), with_kwargs=True)
+    real_pad = mamba1.F.pad
+    monkeypatch.setattr(mamba1.F, "pad", lambda t, p, *a, **k: pads.append(tuple(t.shape)) or real_pad(t, p, *a, **k))
+    ids = torch.randint(0, 64, (2, 35))
+    with torch.inference_mode():
+        cache_ref, cache_fast = ref.allocate_cache(2), fast.allocate_cache(2)
+        logits_ref, logits_fast = ref(ids, cache_ref), fast(ids, cache_fast)
+    assert calls == [(64, 35)] * 2
+    # (F is torch's own module, so the LM's pad shows too): the ids once, then each layer's conv state only
+    assert pads == [(2, 35)] + [(2, 2 * CONFIG.d_model, CONFIG.d_conv)] * 2
+    assert rel_err(logits_fast, logits_ref) < 1e-5
+    for got, want in zip(cache_fast.ssm_states + cache_fast.conv_states, cache_ref.ssm_states + cache_ref.conv_states):
+        assert rel_err(got, want) < 1e-5
