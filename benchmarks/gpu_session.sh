@@ -2,8 +2,9 @@
 # One device call: the GPU tests of the kernels, then the kernel and model benchmarks, results under $OUT
 # (or ./gpu-out).  Usage: bash benchmarks/gpu_session.sh [PART ...], parts: tests (= tests-scan tests-ssd
 # tests-rest), every, kernels, models, prune, sweep (SSD tiles), sweep-tile (Mamba-1 tiles), ncu (default: tests
-# kernels models).  Runs from the repository root with PYTHONPATH=. .  Give the commit as
-# PERFMAMBA_GIT_REVISION=<hash> (a literal: the tree copied to the device may carry a stale .git).
+# kernels models); tests-parallel runs every test in parallel pytest processes instead of the three test
+# parts.  Runs from the repository root with PYTHONPATH=. .  Give the commit as PERFMAMBA_GIT_REVISION=<hash>
+# (a literal: the tree copied to the device may carry a stale .git).
 set -uo pipefail
 out=${OUT:-gpu-out}
 mkdir -p "$out"
@@ -27,6 +28,24 @@ for part in $parts; do
                         tests/ops/test_decode_fused.py tests/ops/test_autotune.py tests/models/test_gpu_model.py \
                         -k "GPU and not selective_scan and not ssd and not every" \
                         >"$out/tests-rest.log" 2>&1; tail -12 "$out/tests-rest.log" ;;
+        tests-parallel) # every test (the GPU ones included) in $PERFMAMBA_TEST_SHARDS (default 8) pytest processes
+                        # at once: the compiles that bound the GPU tests are CPU work, and the machine has 16 cores
+                        shards=${PERFMAMBA_TEST_SHARDS:-8}
+                        mkdir -p "$out/tests-parallel"
+                        python3 -m pytest --collect-only -q -p no:cacheprovider tests 2>/dev/null | grep '::' \
+                            >"$out/tests-parallel/ids.txt"
+                        echo "$(wc -l <"$out/tests-parallel/ids.txt") tests in $shards shards"
+                        for s in $(seq 0 $((shards - 1))); do
+                            awk -v s="$s" -v n="$shards" 'NR % n == s' "$out/tests-parallel/ids.txt" \
+                                >"$out/tests-parallel/shard$s.txt"
+                            (set -f; python3 -m pytest -q -p no:cacheprovider --durations=5 \
+                                 $(cat "$out/tests-parallel/shard$s.txt") >"$out/tests-parallel/shard$s.log" 2>&1) &
+                        done
+                        wait
+                        for s in $(seq 0 $((shards - 1))); do
+                            echo "shard $s: $(grep -E '(passed|failed|error)' "$out/tests-parallel/shard$s.log" | tail -1)"
+                        done
+                        grep -hE '^(FAILED|ERROR)' "$out"/tests-parallel/shard*.log ;;
         every) python3 -m pytest -q -p no:cacheprovider tests/ops/test_triton_kernels.py -k every_scan_candidate \
                    >"$out/every.log" 2>&1; tail -5 "$out/every.log" ;;
         sweep) python3 benchmarks/bench_kernels.py --sweep ssd --no-main >"$out/sweep.txt" 2>&1

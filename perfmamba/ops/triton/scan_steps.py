@@ -234,6 +234,6 @@ def selective_scan_steps(u, delta, A, Bg, Cg, D, z, delta_bias, delta_softplus, 
     if config is None:
         key = ("steps", n_state, next_pow2(dg), next_pow2(seqlen), bsz * groups, u.dtype, Bg.dtype, z is not None,
                splits)
-        config = pick_config(key, steps_configs(n_state, Bg.element_size()), launch)
+        config = pick_config(key, lambda: steps_configs(n_state, Bg.element_size()), launch)
     launch(config)
     return (y, hlast) if return_last_state else y

@@ -68,14 +68,17 @@ _TUNED: dict = {}
 def pick_config(key, candidates, launch):
     """The fastest of ``candidates`` for ``key``, timed once per process on the live inputs.
 
-    ``launch(cfg)`` runs the kernel with one configuration (results are overwritten by the next run, so
-    the kernels must be pure functions of their inputs, which they are).  The first candidate is used
+    ``candidates``: a list, or a function that returns one (called only for a new key).  ``launch(cfg)``
+    runs the kernel with one configuration (results are overwritten by the next run, so the kernels must
+    be pure functions of their inputs, which they are).  The first candidate is used
     without timing under the interpreter, during CUDA-graph capture, when there is only one, or when the
     environment sets PERFMAMBA_AUTOTUNE=0 (each candidate costs a compilation: faster start-up, and the
     GPU tests use it to compile one configuration per shape).
     """
     if key in _TUNED:
         return _TUNED[key]
+    if callable(candidates):  # built only when the key is new (eager calls come here every time)
+        candidates = candidates()
     if (interpreting() or len(candidates) == 1 or torch.cuda.is_current_stream_capturing()
             or os.environ.get("PERFMAMBA_AUTOTUNE", "1") == "0"):
         return candidates[0]
@@ -614,7 +617,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         # the candidates are timed once per shape class on the live inputs (see pick_config)
         key = ("scan", pieces, block_n, next_pow2(dg), next_pow2(seqlen), bsz * groups, u.dtype, Bg.dtype,
                z is not None, splits)
-        config = pick_config(key, _scan_configs(n_state, seqlen, dg), launch)
+        config = pick_config(key, lambda: _scan_configs(n_state, seqlen, dg), launch)
     launch(config)
     if copied:
         y = y[..., :seqlen] if out is None else out.copy_(y[..., :seqlen])

@@ -511,7 +511,7 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
         # the tile split is part of the shape class: 96 (64 + 32) and 128 (one tile) are different kernels
         key = ("ssd", block_n, block_n2, next_pow2(headdim), next_pow2(seqlen), bsz * nheads, x.dtype,
                z is not None, splits)
-        config = pick_config(key, _ssd_configs(headdim, n_state, int(chunk_size)), launch)
+        config = pick_config(key, lambda: _ssd_configs(headdim, n_state, int(chunk_size)), launch)
     launch(config)
     return (y, final) if return_final_states else y
 
