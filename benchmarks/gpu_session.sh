@@ -38,14 +38,17 @@ for part in $parts; do
                         for s in $(seq 0 $((shards - 1))); do
                             awk -v s="$s" -v n="$shards" 'NR % n == s' "$out/tests-parallel/ids.txt" \
                                 >"$out/tests-parallel/shard$s.txt"
-                            (set -f; python3 -m pytest -q -p no:cacheprovider --durations=5 \
-                                 $(cat "$out/tests-parallel/shard$s.txt") >"$out/tests-parallel/shard$s.log" 2>&1) &
+                            (mapfile -t ids <"$out/tests-parallel/shard$s.txt"  # ids may hold spaces
+                             python3 -m pytest -q -p no:cacheprovider --durations=5 "${ids[@]}" \
+                                 >"$out/tests-parallel/shard$s.log" 2>&1) &
                         done
                         wait
                         for s in $(seq 0 $((shards - 1))); do
                             echo "shard $s: $(grep -E '(passed|failed|error)' "$out/tests-parallel/shard$s.log" | tail -1)"
                         done
-                        grep -hE '^(FAILED|ERROR)' "$out"/tests-parallel/shard*.log ;;
+                        grep -hE '^(FAILED|ERROR)' "$out"/tests-parallel/shard*.log
+                        # a call brings back only a few files: the shards' logs in one archive
+                        tar czf "$out/tests-parallel.tgz" -C "$out" tests-parallel && rm -rf "$out/tests-parallel" ;;
         every) python3 -m pytest -q -p no:cacheprovider tests/ops/test_triton_kernels.py -k every_scan_candidate \
                    >"$out/every.log" 2>&1; tail -5 "$out/every.log" ;;
         sweep) python3 benchmarks/bench_kernels.py --sweep ssd --no-main >"$out/sweep.txt" 2>&1

@@ -18,7 +18,8 @@ from perfmamba.profiling.records import ComponentRecord, load_run
 from perfmamba.profiling.sweep import SweepSettings, run_sweep
 from perfmamba.report.profile_files import write_outputs
 
-FAST = dict(repeats=3, warmup=1, min_sample_s=1e-3, threads=1)
+# on the CPU wherever the tests run: the assertions are about what a CPU run measures (and what it cannot)
+FAST = dict(repeats=3, warmup=1, min_sample_s=1e-3, threads=1, device="cpu")
 
 
 def _settings(dirs, **kw):
