@@ -115,10 +115,13 @@ def _comparison_table(res: dict) -> list:
             f"Difference of the bits/byte changes (`{ref}` minus the other, percentage points of the unpruned "
             f"bits/byte; negative: `{ref}` is better) on the same {n} evaluation windows, with a 95% paired "
             f"bootstrap interval ({samples} resamples of the windows). An interval that contains 0 is a tie "
-            f"at this amount of text.", "",
-            _table(["ratio", "against", "difference", "95% interval"],
+            f"at this amount of text. Removed in common: of the state channels `{ref}` removes, the share "
+            f"that the other score removes too.", "",
+            _table(["ratio", "against", "difference", "95% interval", "removed in common"],
                    [[f"{c['ratio']:g}", c["against"], f"{c['diff_pct']:+.2f}",
-                     f"{c['low_pct']:+.2f} to {c['high_pct']:+.2f}"] for c in comps]), ""]
+                     f"{c['low_pct']:+.2f} to {c['high_pct']:+.2f}",
+                     "-" if c.get("removed_shared") is None else f"{100 * c['removed_shared']:.0f}%"]
+                    for c in comps]), ""]
 
 
 def _speed_tables(res: dict) -> list:

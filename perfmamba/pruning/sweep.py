@@ -58,10 +58,14 @@ def bits_per_byte(model, ev: EvalSettings) -> float:
     return evaluate(model, ev).bits_per_byte
 
 
-def paired_comparisons(accuracy: list, base_nll: list, reference: str) -> list:
+def paired_comparisons(accuracy: list, base_nll: list, reference: str, kept: Optional[dict] = None,
+                       original_sizes: Optional[list] = None) -> list:
     """``reference`` against every other method at each ratio above 0, window by window on the same text:
     the difference of their bits/byte changes (percentage points; negative = ``reference`` better) with a
-    95% paired bootstrap interval (``paired_bootstrap``)."""
+    95% paired bootstrap interval (``paired_bootstrap``).  Given each (method, ratio)'s kept indices
+    (``kept``, as ``budget.select`` returns them) and the layers' sizes, also ``removed_shared``: the
+    fraction of the channels ``reference`` removes that the other method removes too (1: the same pruned
+    model; two scores that remove nearly the same channels cannot differ much in accuracy)."""
     from perfmamba.eval.perplexity import paired_bootstrap
     by = {(r["method"], r["ratio"]): r for r in accuracy}
     out = []
@@ -70,8 +74,24 @@ def paired_comparisons(accuracy: list, base_nll: list, reference: str) -> list:
         if r["method"] == reference or ref is None or r["ratio"] == 0:
             continue
         cmp = paired_bootstrap(ref["window_nll"], r["window_nll"], base_nll)
-        out.append({"method": reference, "against": r["method"], "ratio": r["ratio"], **cmp})
+        rec = {"method": reference, "against": r["method"], "ratio": r["ratio"], **cmp}
+        if kept is not None and original_sizes is not None:
+            rec["removed_shared"] = removed_shared(kept[(reference, r["ratio"])], kept[(r["method"], r["ratio"])],
+                                                   original_sizes)
+        out.append(rec)
     return out
+
+
+def removed_shared(kept_a: list, kept_b: list, sizes: list) -> Optional[float]:
+    """Of the state channels that selection ``a`` removes (per layer and group, of ``sizes[layer]``), the
+    fraction that ``b`` removes as well; None where ``a`` removes none."""
+    removed_a = removed_both = 0
+    for a, b, n in zip(kept_a, kept_b, sizes):
+        for row_a, row_b in zip(a.tolist(), b.tolist()):
+            gone_a, gone_b = set(range(n)) - set(row_a), set(range(n)) - set(row_b)
+            removed_a += len(gone_a)
+            removed_both += len(gone_a & gone_b)
+    return removed_both / removed_a if removed_a else None
 
 
 # ---------------------------------------------------------------------------------------------- speed
@@ -201,17 +221,18 @@ def run_sweep(model, methods, ratios, ev: EvalSettings, speed: Optional[SpeedSet
     base = evaluate(model, ev)
     base_bpb = base.bits_per_byte
     original_sizes = [cfg.layer_d_state(i) for i in range(cfg.n_layer)]
-    accuracy, plans = [], {}
+    accuracy, plans, kept = [], {}, {}
     for ratio in ratios:
         for method in methods:
             sizes = budgets.keep_sizes(cfg, ratio, budget, scores[method], multiple)
             rec = {"method": method, "ratio": ratio, "kept_sizes": sizes, "kept_total": sum(sizes),
                    "kept_fraction": sum(sizes) / sum(original_sizes)}
+            kept[(method, ratio)] = budgets.select(scores[method], sizes)
             if sizes == original_sizes:
                 result = base
                 rec.update(parameters=model.num_parameters(), refit=None)
             else:
-                pruned = prune_model(model, budgets.select(scores[method], sizes))
+                pruned = prune_model(model, kept[(method, ratio)])
                 rec["refit"] = None
                 if bridge == "refit":
                     rec["refit"] = refit_bridge(model, pruned, calib_ids, ridge)
@@ -236,7 +257,7 @@ def run_sweep(model, methods, ratios, ev: EvalSettings, speed: Optional[SpeedSet
     reference = "delta" if "delta" in methods else methods[0]
     return {"baseline_bits_per_byte": base_bpb, "baseline_window_nll": base.window_nll,
             "original_sizes": original_sizes, "accuracy": accuracy,
-            "comparisons": paired_comparisons(accuracy, base.window_nll, reference),
+            "comparisons": paired_comparisons(accuracy, base.window_nll, reference, kept, original_sizes),
             "speed": speeds, "rows": join_rows(accuracy, speeds, original_sizes)}
 
 

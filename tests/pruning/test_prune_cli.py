@@ -88,7 +88,8 @@ def test_prune_sweep_writes_json_csv_markdown_and_plots(setup):
         assert c["low_pct"] <= c["diff_pct"] <= c["high_pct"]
         points = by[("delta", 0.5)]["bpb_change_pct"] - by[(c["against"], 0.5)]["bpb_change_pct"]
         assert c["diff_pct"] == pytest.approx(points, abs=1e-6)
-    assert "window by window" in (out / "sweep.md").read_text()
+        assert 0 <= c["removed_shared"] <= 1
+    assert "window by window" in (out / "sweep.md").read_text() and "removed in common" in (out / "sweep.md").read_text()
 
 
 @pytest.mark.parametrize("argv, words", [

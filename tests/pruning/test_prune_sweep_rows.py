@@ -36,3 +36,15 @@ def test_no_serving_peak_column_without_measurements():
     rows = join_rows([_accuracy(0.0, [16, 16]), _accuracy(0.5, [8, 8])], speeds, [16, 16])
     assert rows[1]["decode_peak_bytes_B64"] is None and rows[1]["decode_peak_reduction_pct_B64"] is None
     assert "serving peak" not in "\n".join(_speed_tables({"speed": speeds, "original_sizes": [16, 16]}))
+
+
+def test_removed_in_common_counts_the_channels_both_selections_drop():
+    import torch
+
+    from perfmamba.pruning.sweep import removed_shared
+    sizes = [4, 6]
+    a = [torch.tensor([[0, 1]]), torch.tensor([[0, 1, 2], [3, 4, 5]])]  # drops {2,3}; {3,4,5}, {0,1,2}
+    b = [torch.tensor([[0, 2]]), torch.tensor([[0, 1, 2], [0, 1, 2]])]  # drops {1,3}; {3,4,5}, {3,4,5}
+    assert removed_shared(a, b, sizes) == (1 + 3 + 0) / (2 + 3 + 3)
+    assert removed_shared(a, a, sizes) == 1.0
+    assert removed_shared([torch.tensor([[0, 1, 2, 3]])], [torch.tensor([[0, 1]])], [4]) is None  # a drops none
