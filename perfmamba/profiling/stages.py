@@ -215,10 +215,11 @@ def model_stages(model, mode: str, cache=None) -> list:
 
     def embedding(e):
         ids = e["ids"]
-        if mode != "prefill" or model.prompt_steps(ids.shape[1]) == ids.shape[1]:
+        seqlen = ids.shape[1] if mode == "prefill" else None
+        steps = model.prompt_steps(seqlen) if seqlen is not None else None
+        if steps == seqlen:  # decode, or a prompt run as it is
             return {"h": bb.embedding(ids)}
-        steps = model.prompt_steps(ids.shape[1])
-        return {"h": bb.embedding(torch.nn.functional.pad(ids, (0, steps - ids.shape[1]))), "length": ids.shape[1]}
+        return {"h": bb.embedding(torch.nn.functional.pad(ids, (0, steps - seqlen))), "length": seqlen}
 
     def lm_head(e):
         h = e["h"] if e.get("length") is None else e["h"][:, :e["length"]]

@@ -70,10 +70,10 @@ def pick_config(key, candidates, launch):
 
     ``candidates``: a list, or a function that returns one (called only for a new key).  ``launch(cfg)``
     runs the kernel with one configuration (results are overwritten by the next run, so the kernels must
-    be pure functions of their inputs, which they are).  The first candidate is used
-    without timing under the interpreter, during CUDA-graph capture, when there is only one, or when the
-    environment sets PERFMAMBA_AUTOTUNE=0 (each candidate costs a compilation: faster start-up, and the
-    GPU tests use it to compile one configuration per shape).
+    be pure functions of their inputs, which they are).  The first candidate is used without timing under
+    the interpreter, during CUDA-graph capture, when there is only one, or when the environment sets
+    PERFMAMBA_AUTOTUNE=0 (each candidate costs a compilation: faster start-up, and the GPU tests use it to
+    compile one configuration per shape).
     """
     if key in _TUNED:
         return _TUNED[key]
