@@ -143,14 +143,16 @@ class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
 
     def prefill_scan(self, x, dt, x_dbl, z, seqlen: int):
         """(y (Bsz, D, steps), the state after step L (Bsz, D, N) fp32): the selective scan with D and the
-        gate; y past step L is padding's (finite, dropped by ``prefill_out_proj``)."""
+        gate; y past step L is zeros."""
         r, n = self.dt_rank, self.d_state
         y = torch.empty_like(x, memory_format=torch.contiguous_format) if x.shape[-1] != seqlen else None
         y_valid, state = ops.selective_scan(x, dt, self.neg_exp_A(), x_dbl[:, r:r + n], x_dbl[:, r + n:], D=self.D,
                                             z=z, delta_bias=self.dt_proj.bias, delta_softplus=True,
                                             return_last_state=True, backend=self.backend, length=seqlen, out=y)
-        if y is not None and ops.resolve_backend(self.backend, x.device) != "triton":
-            y[..., seqlen:].zero_()  # the other backends leave the padding's steps unwritten (the kernel fills them)
+        if y is not None:  # the steps no scan writes (past L; on the Triton kernels past L's next multiple of
+            # 16): zeros, so that the padding's rows, which go on through the model (MambaLM.prompt_steps), hold
+            # no leftover memory
+            y[..., seqlen:].zero_()
         return (y_valid if y is None else y), state
 
     def prefill_out_proj(self, y: torch.Tensor, seqlen: int) -> torch.Tensor:

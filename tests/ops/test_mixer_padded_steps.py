@@ -139,10 +139,11 @@ def test_the_model_pads_a_prompt_once_for_every_layer(monkeypatch):
     # are (no pad of their own) and the true length; a layer on the reference backend does the same
     ref, fast = models()
     fast.backbone.layers[1].mixer.backend = "ref"
-    calls, pads = [], []
+    calls, pads, outputs = [], [], []
     for block in fast.backbone.layers:
         block.mixer.register_forward_pre_hook(
             lambda m, args, kwargs: calls.append((args[0].shape[1], kwargs.get("length"))), with_kwargs=True)
+        block.mixer.register_forward_hook(lambda m, args, out: outputs.append(out))
     real_pad = mamba1.F.pad
     monkeypatch.setattr(mamba1.F, "pad", lambda t, p, *a, **k: pads.append(tuple(t.shape)) or real_pad(t, p, *a, **k))
     ids = torch.randint(0, 64, (2, 35))
@@ -150,6 +151,9 @@ def test_the_model_pads_a_prompt_once_for_every_layer(monkeypatch):
         cache_ref, cache_fast = ref.allocate_cache(2), fast.allocate_cache(2)
         logits_ref, logits_fast = ref(ids, cache_ref), fast(ids, cache_fast)
     assert calls == [(64, 35)] * 2
+    # the padding's rows go on to the next layer: they must hold numbers, not leftover memory.  Past the
+    # scan's last step (L's next multiple of 16, 48) y is zeros, so out_proj (no bias) gives zeros
+    assert all(torch.isfinite(out).all() and torch.count_nonzero(out[:, 48:]) == 0 for out in outputs)
     # (F is torch's own module, so the LM's pad shows too): the ids once, then each layer's conv state only
     assert pads == [(2, 35)] + [(2, 2 * CONFIG.d_model, CONFIG.d_conv)] * 2
     assert rel_err(logits_fast, logits_ref) < 1e-5
