@@ -85,7 +85,7 @@ class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
         if cache is not None:
             cache.conv_states[self.layer_idx].copy_(conv_state)
             cache.ssm_states[self.layer_idx].copy_(ssm_state)
-        return self.prefill_out_proj(y, seqlen if length is None else y.shape[-1])
+        return self.prefill_out_proj(y, seqlen, keep_padding=length is not None)
 
     def prompt_steps(self, seqlen: int, device) -> int:
         """How many steps this mixer runs a prompt of ``seqlen`` tokens as: ``padded_steps`` on the Triton
@@ -155,12 +155,13 @@ class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
             y[..., seqlen:].zero_()
         return (y_valid if y is None else y), state
 
-    def prefill_out_proj(self, y: torch.Tensor, seqlen: int) -> torch.Tensor:
+    def prefill_out_proj(self, y: torch.Tensor, seqlen: int, keep_padding: bool = False) -> torch.Tensor:
         """(Bsz, L, d_model) from y (Bsz, D, steps).  y transposed is the GEMM's operand, not a copy (batch 1);
         all the steps, so that its rows stay whole (at L rows cuBLAS took an unaligned GEMM: 7.5 of the
-        21.1 ms of mamba-130m's prefill at L = 16383 on an H200), and the padding's rows are dropped after."""
+        21.1 ms of mamba-130m's prefill at L = 16383 on an H200), and the padding's rows are dropped after,
+        unless ``keep_padding`` (the caller padded the prompt: ``forward``'s ``length``)."""
         out = self.out_proj(y.transpose(1, 2))
-        return out if out.shape[1] == seqlen else out[:, :seqlen]
+        return out if keep_padding or out.shape[1] == seqlen else out[:, :seqlen]
 
     def step(self, hidden: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
         """One token.  hidden: (Bsz, d_model) -> (Bsz, d_model); the layer's cache entries advance in place.

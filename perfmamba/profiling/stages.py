@@ -61,8 +61,8 @@ def _mamba1_prefill(m) -> list:
         return {"res": e["res"], "y": y, "seqlen": e["seqlen"], "length": e["length"]}
 
     def out_proj(e):  # every step's row where the model padded the prompt: they go on to the next layer
-        rows = e["seqlen"] if e["length"] is None else e["y"].shape[-1]
-        return {"res": e["res"], "out": m.prefill_out_proj(e["y"], rows), "length": e["length"]}
+        out = m.prefill_out_proj(e["y"], e["seqlen"], keep_padding=e["length"] is not None)
+        return {"res": e["res"], "out": out, "length": e["length"]}
 
     return [("in_proj", in_proj), ("conv1d", conv1d), ("x_proj", x_proj), ("dt_proj", dt_proj), ("ssm", ssm),
             ("out_proj", out_proj)]

@@ -251,7 +251,7 @@ def run_sweep(model, methods, ratios, ev: EvalSettings, speed: Optional[SpeedSet
         for sizes, (method, ratio) in plans.items():
             log(f"timing d_state per layer {_short(sizes)}")
             # a fresh copy even when nothing is removed: the timed model is converted to the speed dtype
-            timed = prune_model(model, budgets.select(scores[method], list(sizes)))
+            timed = prune_model(model, kept[(method, ratio)])
             speeds.append({"kept_sizes": list(sizes), **measure_speed(timed, speed)})
             del timed
     reference = "delta" if "delta" in methods else methods[0]
