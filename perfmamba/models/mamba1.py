@@ -81,7 +81,8 @@ class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
         x, z, seqlen = self.prefill_in_proj(hidden, length)
         x, conv_state = self.prefill_conv(x, seqlen, with_state=cache is not None)
         x_dbl = self.prefill_x_proj(x)
-        y, ssm_state = self.prefill_scan(x, self.prefill_dt_proj(x_dbl), x_dbl, z, seqlen)
+        y, ssm_state = self.prefill_scan(x, self.prefill_dt_proj(x_dbl), x_dbl, z, seqlen,
+                                         keep_padding=length is not None)
         if cache is not None:
             cache.conv_states[self.layer_idx].copy_(conv_state)
             cache.ssm_states[self.layer_idx].copy_(ssm_state)
@@ -141,17 +142,19 @@ class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
         """(Bsz, D, steps); the bias is added inside the scan."""
         return torch.bmm(self.dt_proj.weight.expand(x_dbl.shape[0], -1, -1), x_dbl[:, :self.dt_rank])
 
-    def prefill_scan(self, x, dt, x_dbl, z, seqlen: int):
+    def prefill_scan(self, x, dt, x_dbl, z, seqlen: int, keep_padding: bool = False):
         """(y (Bsz, D, steps), the state after step L (Bsz, D, N) fp32): the selective scan with D and the
-        gate; y past step L is zeros."""
+        gate.  With ``keep_padding`` (the caller padded the prompt, and the padding's rows go on through the
+        model) y past step L is zeros; otherwise those steps are left as the scan leaves them, since
+        ``prefill_out_proj`` drops their rows."""
         r, n = self.dt_rank, self.d_state
         y = torch.empty_like(x, memory_format=torch.contiguous_format) if x.shape[-1] != seqlen else None
         y_valid, state = ops.selective_scan(x, dt, self.neg_exp_A(), x_dbl[:, r:r + n], x_dbl[:, r + n:], D=self.D,
                                             z=z, delta_bias=self.dt_proj.bias, delta_softplus=True,
                                             return_last_state=True, backend=self.backend, length=seqlen, out=y)
-        if y is not None:  # the steps no scan writes (past L; on the Triton kernels past L's next multiple of
-            # 16): zeros, so that the padding's rows, which go on through the model (MambaLM.prompt_steps), hold
-            # no leftover memory
+        if y is not None and keep_padding:  # the steps no scan writes (past L; on the Triton kernels past L's
+            # next multiple of 16): zeros, so that the padding's rows, which go on through the model
+            # (MambaLM.prompt_steps), hold no leftover memory
             y[..., seqlen:].zero_()
         return (y_valid if y is None else y), state
 

@@ -57,7 +57,8 @@ def _mamba1_prefill(m) -> list:
         return {**e, "dt": m.prefill_dt_proj(e["x_dbl"])}  # (Bsz, D, steps)
 
     def ssm(e):
-        y, _ = m.prefill_scan(e["x"], e["dt"], e["x_dbl"], e["z"], e["seqlen"])  # (Bsz, D, steps), gate fused
+        y, _ = m.prefill_scan(e["x"], e["dt"], e["x_dbl"], e["z"], e["seqlen"],  # (Bsz, D, steps), gate fused
+                              keep_padding=e["length"] is not None)
         return {"res": e["res"], "y": y, "seqlen": e["seqlen"], "length": e["length"]}
 
     def out_proj(e):  # every step's row where the model padded the prompt: they go on to the next layer
