@@ -1,6 +1,8 @@
 """Split-L bookkeeping (perfmamba/ops/triton/split.py); the kernels' split paths are tested against the
 reference in test_triton_kernels.py (splits forced on the CPU interpreter, automatic on a GPU)."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -36,3 +38,23 @@ def test_split_policy(monkeypatch, programs, warps, seqlen, expected):
     per_sm = 16 if warps else 4
     got = split.pick_splits(programs, seqlen, 1, torch.device("cuda", 0), per_sm=per_sm, warps_per_program=warps)
     assert got == expected
+
+
+@pytest.mark.parametrize("seqlen,replayed,expected", [
+    (1024, False, 1),      # launched eagerly, shorter than eager_from: one walk, two launches fewer
+    (1024, True, 4),       # the same inside a CUDA graph's capture: split (segments of at least 256 steps)
+    (4096, False, 11),     # from eager_from on, eager calls split too
+    (16384, False, 11),
+])
+def test_eager_calls_split_only_long_sequences(monkeypatch, seqlen, replayed, expected):
+    from perfmamba.ops.replay import for_replay
+    from perfmamba.ops.triton import split
+    monkeypatch.setattr(split, "_sm_count", lambda index: 132)
+    monkeypatch.setattr(split, "interpreting", lambda: False)
+    # 24 programs (a 130m Mamba-2 layer's heads at batch 1), 2 per SM wanted: ceil(264 / 24) = 11 segments
+    with for_replay() if replayed else contextlib.nullcontext():
+        got = split.pick_splits(24, seqlen, 64, torch.device("cuda", 0), per_sm=2, eager_from=4096)
+        assert split.whole_when_eager(seqlen, 4096) == (got == 1)
+    assert got == expected
+    # without eager_from (the step kernel) the rule is not applied
+    assert split.pick_splits(24, seqlen, 64, torch.device("cuda", 0), per_sm=2) == min(11, seqlen // 256)

@@ -12,7 +12,9 @@ Split-L cuts the sequence into S segments and runs three launches:
   3. every segment again from its true entering state, writing y.
 
 Step 1 skips the output, so the cost is about 1.5x the work of one pass, spread over S times as many
-programs.  ``pick_splits`` only splits when the grid is too small for the device.
+programs.  ``pick_splits`` only splits when the grid is too small for the device, and, for a call
+launched eagerly (not a CUDA graph's warm-up or capture, ``perfmamba.ops.replay``), only from a length
+on where the device time saved is more than the host time the two extra launches cost.
 """
 
 from __future__ import annotations
@@ -23,9 +25,20 @@ import torch
 import triton
 import triton.language as tl
 
+from perfmamba.ops.replay import launches_are_free
 from perfmamba.ops.triton.selective_scan import interpreting
 
 LOG2E = 1.4426950408889634
+
+# Eager SSD calls split the sequence only from this many steps on (``ssd_triton`` passes it as
+# ``eager_from``).  A split adds two launches and two allocations: host time that a call launched on its
+# own pays and a CUDA graph's replay does not, while below this length the unsplit walk's extra device
+# time stays hidden behind the host.  Measured on an H200's host (2026-12-02, mamba2-130m, B=1, bf16,
+# eager last-token prefill, three interleaved rounds; docs/benchmarks/tuning-h200/eager-split.txt): never
+# split, the forward took 0.69-0.87x the split one's time at L = 512 to 4096 (L = 1024: 10.2-11.0 against
+# 14.1-15.9 ms in the two calmer rounds), about the same at 8192 (0.98x), and 2.0x at 16384.  Not applied
+# to the Mamba-1 scan (not measured: at batch 1 a 130m layer's scan has 384 programs and is not split).
+SSD_EAGER_SPLIT_FROM = 8192
 
 
 @functools.lru_cache(maxsize=None)
@@ -33,20 +46,28 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+def whole_when_eager(seqlen: int, eager_from: int | None) -> bool:
+    """True where a call of ``seqlen`` steps is not split because it is launched eagerly (see
+    SSD_EAGER_SPLIT_FROM); part of the kernel's tuning key, since the same shape then runs another grid."""
+    return eager_from is not None and seqlen < eager_from and not launches_are_free()
+
+
 def pick_splits(programs: int, seqlen: int, block: int, device: torch.device, per_sm: int = 2,
-                min_segment: int = 256, warps_per_program: int | None = None) -> int:
+                min_segment: int = 256, warps_per_program: int | None = None,
+                eager_from: int | None = None) -> int:
     """How many segments to cut the sequence into so that ``programs`` x segments fill the GPU.
 
     Split only when the grid has fewer programs than the device has SMs (above that the kernels are
     already throughput-bound, and the extra pass only costs: measured on an H100, SSD with 192 programs
     went from 0.30 to 0.47 ms when split in 3), aiming at ``per_sm`` programs per SM (measured best: 4 for
     the Mamba-1 scan, 2 for SSD); never under the interpreter or on short sequences (each segment keeps at
-    least ``min_segment`` steps).  With ``warps_per_program``, ``per_sm`` counts warps instead and the
+    least ``min_segment`` steps), nor, with ``eager_from``, when the call is launched eagerly on a sequence
+    shorter than that (``whole_when_eager``).  With ``warps_per_program``, ``per_sm`` counts warps instead and the
     grid is split whenever it has fewer (the step kernel of ``scan_steps`` runs one latency-bound walk
     per warp and wants about 16 warps per SM: at B=8, L=2048 its best time was 0.75 ms unsplit and
     0.55 ms split in 4).
     """
-    if interpreting() or device.type != "cuda":
+    if interpreting() or device.type != "cuda" or whole_when_eager(seqlen, eager_from):
         return 1
     sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     if warps_per_program is not None:
@@ -121,7 +142,7 @@ def state_passing(h_out, sums, row: int, coef=None, init=None, final=None):
 
 
 def run_segmented(kernel, grid, bsz, seqlen, block, device, splits, state_shape, per_sm=2, make_coef=None,
-                  init=None, final=None, warps_per_program=None):
+                  init=None, final=None, warps_per_program=None, eager_from=None):
     """Run a scan kernel whole or split-L (the three passes of the module doc); the shared launch logic.
 
     ``kernel(grid, seg, h_in, h_out, sums, states_only)`` launches one pass: ``seg`` is the segment length
@@ -129,11 +150,13 @@ def run_segmented(kernel, grid, bsz, seqlen, block, device, splits, state_shape,
     per-segment log2-decay sums (Bsz, S, state_shape[0]).  ``grid`` is the (batch x blocks) part of the
     grid; ``splits`` forces the number of segments (None: ``pick_splits``).  ``init`` / ``final`` are the
     state before the sequence and the one to fill after it (Bsz, *state_shape), or None; ``make_coef()``
-    returns ``state_passing``'s ``coef`` (only called when the sequence is split).
+    returns ``state_passing``'s ``coef`` (only called when the sequence is split); ``eager_from``: see
+    ``pick_splits``.
     """
     programs = grid[0] * grid[1]
     nseg = splits if splits is not None else pick_splits(programs, seqlen, block, device, per_sm=per_sm,
-                                                         warps_per_program=warps_per_program)
+                                                         warps_per_program=warps_per_program,
+                                                         eager_from=eager_from)
     seg, nseg = segment_length(seqlen, nseg, block)
     if nseg == 1:
         kernel((*grid, 1), seg, init.unsqueeze(1) if init is not None else None,

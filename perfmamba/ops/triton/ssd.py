@@ -505,12 +505,12 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
         split_l.run_segmented(
             functools.partial(kernel, cfg, tiles),
             (bsz * nheads, triton.cdiv(headdim, block_p)), bsz, seqlen, block_t, x.device, splits,
-            (nheads, headdim, n_state), init=initial_states, final=final)
+            (nheads, headdim, n_state), init=initial_states, final=final, eager_from=split_l.SSD_EAGER_SPLIT_FROM)
 
     if config is None:
         # the tile split is part of the shape class: 96 (64 + 32) and 128 (one tile) are different kernels
         key = ("ssd", block_n, block_n2, next_pow2(headdim), next_pow2(seqlen), bsz * nheads, x.dtype,
-               z is not None, splits)
+               z is not None, splits, split_l.whole_when_eager(seqlen, split_l.SSD_EAGER_SPLIT_FROM))
         config = pick_config(key, lambda: _ssd_configs(headdim, n_state, int(chunk_size)), launch)
     launch(config)
     return (y, final) if return_final_states else y
