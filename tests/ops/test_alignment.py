@@ -48,3 +48,30 @@ def test_padded_copy_keeps_the_values_and_zeros_the_rest():
     assert out.shape == (3, 4, 48) and out.is_contiguous()
     assert torch.equal(out[..., :35], u) and not out[..., 35:].any()
     assert torch.equal(padded_copy(u, 35), u)  # nothing to pad: a plain copy
+
+
+def test_common_factor_is_the_largest_dividing_power_of_two_on_random_layouts():
+    # the one-pass form (lowest set bit of the OR) against the definition, on views of random shapes inside
+    # larger buffers (odd, even and size-1 dimensions) and random extra sizes
+    import random
+    rng = random.Random(0)
+
+    def by_definition(values):
+        return max(f for f in (1, 2, 4, 8, 16) if all(v % f == 0 for v in values))
+
+    for _ in range(500):
+        tensors = []
+        for _ in range(rng.randint(1, 4)):
+            shape = [rng.choice([1, 2, 3, 8]) for _ in range(rng.randint(1, 4))]
+            big = torch.empty(*(s * rng.choice([1, 2]) + rng.choice([0, 1, 6]) for s in shape))
+            tensors.append(big[tuple(slice(0, s) for s in shape)])
+        sizes = tuple(rng.choice([0, 1, 24, 1000, 1024]) for _ in range(rng.randint(0, 2)))
+        leading = [st for t in tensors for size, st in zip(t.shape[:-1], t.stride()[:-1]) if size > 1]
+        factor = by_definition(leading + list(sizes))
+        assert common_factor(*tensors, sizes=sizes) == factor
+        unit, strides, divided = stride_unit(*tensors, sizes=sizes)
+        assert unit == (1 if factor == 16 else factor)
+        assert divided == [s // unit for s in sizes]
+        for t, row in zip(tensors, strides):
+            assert row == tuple((st if size > 1 else 0) // unit for size, st in zip(t.shape[:-1], t.stride()[:-1])) \
+                + (t.stride(-1),)

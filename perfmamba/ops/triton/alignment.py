@@ -12,14 +12,24 @@ to 56 states, whose B/C strides are 56, took 1.4x its 64-state time before, 1.03
 from __future__ import annotations
 
 
+def _leading_strides(t) -> list:
+    """t's strides but the innermost, with 0 for a dimension of size 1 (its index is always 0)."""
+    return [st if size > 1 else 0 for size, st in zip(t.shape, t.stride())][:-1]
+
+
+def _factor_of(values) -> int:
+    """The largest power of two up to 16 that divides every integer in ``values``: the lowest set bit of
+    their bitwise OR (0 divides by anything).  One pass, since the launchers call this on every eager call."""
+    bits = 0
+    for v in values:
+        bits |= v
+    return 16 if bits == 0 else min(16, bits & -bits)
+
+
 def common_factor(*tensors, sizes: tuple = ()) -> int:
     """The largest power of two up to 16 that divides every leading stride of ``tensors`` (a dimension of
     size 1 counts as stride 0: its index is always 0) and every integer in ``sizes``."""
-    values = [st for t in tensors for size, st in zip(t.shape[:-1], t.stride()[:-1]) if size > 1] + list(sizes)
-    factor = 16
-    while factor > 1 and any(v % factor for v in values):
-        factor //= 2
-    return factor
+    return _factor_of([st for t in tensors for st in _leading_strides(t)] + list(sizes))
 
 
 def unit_of(*tensors, sizes: tuple = ()) -> int:
@@ -37,8 +47,9 @@ def stride_unit(*tensors, sizes: tuple = ()) -> tuple[int, list, list]:
     A dimension of size 1 gets stride 0 (so that its stride does not spoil the alignment: G = 1 with
     N = 56 in a Mamba-2 layer's conv output, rows 624 apart, is then all multiples of 16).
     """
-    unit = unit_of(*tensors, sizes=sizes)
-    leading = [[st if size > 1 else 0 for size, st in zip(t.shape[:-1], t.stride()[:-1])] for t in tensors]
+    leading = [_leading_strides(t) for t in tensors]
+    factor = _factor_of([st for row in leading for st in row] + list(sizes))
+    unit = 1 if factor == 16 else factor
     strides = [tuple(st // unit for st in row) + (t.stride(-1),) for row, t in zip(leading, tensors)]
     return unit, strides, [s // unit for s in sizes]
 
