@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from perfmamba.config import get_preset, preset_names
+from perfmamba.config import get_preset, preset_names, read_config_json
 from perfmamba.demo_models import DEMO_MODELS, demo_model_dir
 from perfmamba.errors import PerfMambaError
 from perfmamba.models.checkpoint import build_model, load_checkpoint_dir
@@ -69,7 +69,20 @@ def load_model(name_or_path: str, *, device=None, dtype=None, backend: str = "au
     elif name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/")):
         model = load_checkpoint_dir(_download(name_or_path), backend=backend, device=dev, dtype=dtype)
     else:
-        raise PerfMambaError(f"{name_or_path!r} is neither a preset ({', '.join(preset_names())}) nor an existing "
-                             "checkpoint directory")
+        raise PerfMambaError(unknown_model_message(name_or_path))
     model.set_backend(backend)
     return model
+
+
+def unknown_model_message(name: str) -> str:
+    """The one-line error for a MODEL argument that names nothing ``load_model`` can load."""
+    return (f"{name!r} is neither a preset ({', '.join(preset_names())}), a demo model ({', '.join(DEMO_MODELS)}) "
+            "nor an existing checkpoint directory")
+
+
+def config_of(name: str):
+    """The config of a preset, demo model or checkpoint directory, read without building the model."""
+    if name in preset_names():
+        return get_preset(name)
+    directory = demo_model_dir(name) if name in DEMO_MODELS else name
+    return read_config_json(os.path.join(directory, "config.json"))

@@ -60,7 +60,8 @@ def register(subparsers) -> None:
                     "analytic FLOPs and bytes, achieved rates, roofline bound, memory, scaling, launch overhead. "
                     "Writes results.json, components.csv, configs.csv, report.md and PNG plots to --out.")
     p.add_argument("models", nargs="*", metavar="MODEL",
-                   help=f"preset name or checkpoint directory (default: {' '.join(DEFAULT_MODELS)}, random weights)")
+                   help=f"preset name, demo model (demo-mamba1, demo-mamba2) or checkpoint directory (default: "
+                        f"{' '.join(DEFAULT_MODELS)}, random weights)")
     p.add_argument("--out", default="perfmamba-profile", metavar="DIR", help="output directory (default: %(default)s)")
     p.add_argument("--seqlens", "-L", nargs="+", metavar="L",
                    help=f"sequence lengths (default: {' '.join(map(str, GPU_SEQLENS))} on a GPU, "

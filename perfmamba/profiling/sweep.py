@@ -396,22 +396,17 @@ def environment(device: torch.device) -> dict:
 
 def _check_model_name(name: str, layer: int) -> None:
     """Fail before any work on a name that load_model would reject later, or a layer that does not exist."""
+    from perfmamba.api import config_of, unknown_model_message
     from perfmamba.config import preset_names
+    from perfmamba.demo_models import DEMO_MODELS
     hub_id = name.count("/") == 1 and not name.startswith((".", "/")) and not os.path.exists(name)
     if hub_id:
         return  # fetched (or refused, in one line) by load_model
-    if name not in preset_names() and not os.path.isdir(name):
-        raise PerfMambaError(f"{name!r} is neither a preset ({', '.join(preset_names())}) nor an existing "
-                             "checkpoint directory")
-    n_layer = _config_for(name).n_layer
+    if name not in preset_names() and name not in DEMO_MODELS and not os.path.isdir(name):
+        raise PerfMambaError(unknown_model_message(name))
+    n_layer = config_of(name).n_layer
     if layer >= n_layer:
         raise PerfMambaError(f"--layer {layer} does not exist: {name} has {n_layer} layers (0..{n_layer - 1})")
-
-
-def _config_for(name: str):
-    """The config of a preset or checkpoint directory, without building the model."""
-    from perfmamba.config import get_preset, preset_names, read_config_json
-    return get_preset(name) if name in preset_names() else read_config_json(os.path.join(name, "config.json"))
 
 
 def _model_info(model, name: str, r: Resolved) -> dict:
@@ -440,7 +435,7 @@ def _grid(r: Resolved) -> list:
 
 
 def _sweep(settings: SweepSettings, r: Resolved, progress, on_config) -> ProfileRun:
-    from perfmamba.api import load_model
+    from perfmamba.api import config_of, load_model
 
     t0 = time.perf_counter()
     run = ProfileRun(settings=r.describe(), environment=environment(r.device), started_at=_now())
@@ -457,7 +452,7 @@ def _sweep(settings: SweepSettings, r: Resolved, progress, on_config) -> Profile
                 model = load_model(name, device=r.device, dtype=r.dtype, backend=settings.backend)
             except torch.OutOfMemoryError:
                 _free(r.device)
-                cfg = _config_for(name)
+                cfg = config_of(name)
                 for mode, batch, seqlen in _grid(r):
                     conf, comps = build_records(cfg, name, r, ceilings, mode, batch, seqlen, OOM,
                                                 "out of memory loading the model", None)

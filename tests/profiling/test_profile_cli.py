@@ -46,7 +46,8 @@ def test_profile_and_compare_end_to_end(tiny_dirs, tmp_path, capsys):
     (["profile", "--device", "tpu"], "device"),
     (["profile", "--repeats", "0"], "repeats"),
     (["profile", "--layer", "99", "mamba-130m"], "layer"),
-    (["profile", "no-such-model"], "no-such-model"),
+    (["profile", "no-such-model"], "demo-mamba1"),  # the error lists what a MODEL can be
+    (["profile", "--layer", "8", "demo-mamba1"], "0..7"),  # a demo model's layers are checked too
     (["profile", "--bogus-flag"], "unrecognized"),
     (["compare", "/nonexistent/a", "/nonexistent/b"], "results.json"),
     (["compare", "only-one"], "RUN_B"),
@@ -60,6 +61,18 @@ def test_bad_options_are_one_line_and_exit_2(argv, needle, tmp_path, capsys):
     assert len(lines) == 1, err
     assert needle in lines[0] and lines[0].startswith("perfmamba")
     assert not os.path.exists(tmp_path / "o" / "results.json")
+
+
+def test_a_demo_model_is_profiled_like_a_preset(tmp_path, capsys):
+    # the shipped demo models are MODEL names for every command (as for prune, eval and info)
+    out_dir = str(tmp_path / "run")
+    code, out, err = _run(capsys, "profile", "demo-mamba2", "--out", out_dir, "-L", "16", "--mode", "prefill",
+                          "--repeats", "1", "--warmup", "0", "--threads", "1", "--no-plots")
+    assert code == 0, err
+    with open(os.path.join(out_dir, "results.json")) as f:
+        run = json.load(f)
+    assert [m["name"] for m in run["models"]] == ["demo-mamba2"]
+    assert run["models"][0]["config"]["d_model"] == 256
 
 
 def test_ctrl_c_writes_what_was_finished_and_exits_130(tiny_dirs, tmp_path, capsys, monkeypatch):
