@@ -63,7 +63,7 @@ def register(subparsers) -> None:
                    help=f"preset name, demo model (demo-mamba1, demo-mamba2) or checkpoint directory (default: "
                         f"{' '.join(DEFAULT_MODELS)}, random weights)")
     p.add_argument("--out", default="perfmamba-profile", metavar="DIR", help="output directory (default: %(default)s)")
-    p.add_argument("--seqlens", "-L", nargs="+", metavar="L",
+    p.add_argument("--seqlens", "--lengths", "-L", nargs="+", metavar="L",
                    help=f"sequence lengths (default: {' '.join(map(str, GPU_SEQLENS))} on a GPU, "
                         f"{' '.join(map(str, CPU_SEQLENS))} on a CPU)")
     p.add_argument("--batch", "-b", nargs="+", default=["1"], metavar="B", dest="batches",
@@ -113,6 +113,15 @@ def settings_from_args(args):
         trace_dir=os.path.join(out, "traces") if args.trace else None, remeasure_ceilings=args.remeasure)
 
 
+def written_summary(paths) -> str:
+    """The files a run wrote, by name, its PNG plots counted: "components.csv, ..., results.json and 4 plots"."""
+    names = sorted(os.path.basename(p) for p in paths if not p.endswith(".png"))
+    plots = sum(p.endswith(".png") for p in paths)
+    if plots:
+        names.append(f"{plots} plot{'s' if plots > 1 else ''}")
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
+
+
 def cmd_profile(args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -140,7 +149,7 @@ def cmd_profile(args) -> int:
                         on_config=lambda partial: write_data_files(partial, args.out))
     written = write_outputs(run, args.out, plots=not args.no_plots)
     print_summary(run)
-    print(f"wrote {len(written)} files to {args.out}/ (report.md, results.json, components.csv, plots)"
+    print(f"wrote {len(written)} files to {args.out}/ ({written_summary(written)})"
           + (f"; traces in {settings.trace_dir}/" if settings.trace_dir else ""))
     for c in run.configs:
         if c.status == OOM:

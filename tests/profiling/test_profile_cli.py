@@ -21,6 +21,7 @@ def test_profile_and_compare_end_to_end(tiny_dirs, tmp_path, capsys):
                           "-L", "16,32", "--repeats", "2", "--warmup", "1", "--threads", "1", "--trace")
     assert code == 0, err
     assert "ssm" in out and "tiny-m1" in out and "tiny-m2" in out  # the summary table
+    assert "(components.csv, configs.csv, report.md, results.json and 4 plots)" in out  # what it wrote
     for name in ("results.json", "components.csv", "configs.csv", "report.md", "roofline.png"):
         assert os.path.exists(os.path.join(out_dir, name))
     traces = os.listdir(os.path.join(out_dir, "traces"))
@@ -66,13 +67,15 @@ def test_bad_options_are_one_line_and_exit_2(argv, needle, tmp_path, capsys):
 def test_a_demo_model_is_profiled_like_a_preset(tmp_path, capsys):
     # the shipped demo models are MODEL names for every command (as for prune, eval and info)
     out_dir = str(tmp_path / "run")
-    code, out, err = _run(capsys, "profile", "demo-mamba2", "--out", out_dir, "-L", "16", "--mode", "prefill",
+    code, out, err = _run(capsys, "profile", "demo-mamba2", "--out", out_dir, "--lengths", "16", "--mode", "prefill",
                           "--repeats", "1", "--warmup", "0", "--threads", "1", "--no-plots")
     assert code == 0, err
     with open(os.path.join(out_dir, "results.json")) as f:
         run = json.load(f)
     assert [m["name"] for m in run["models"]] == ["demo-mamba2"]
     assert run["models"][0]["config"]["d_model"] == 256
+    assert {c["seqlen"] for c in run["configs"]} == {16}  # --lengths: the same option as --seqlens / -L
+    assert "and results.json)" in out  # --no-plots: the files it wrote, no plots
 
 
 def test_ctrl_c_writes_what_was_finished_and_exits_130(tiny_dirs, tmp_path, capsys, monkeypatch):
