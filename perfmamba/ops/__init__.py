@@ -21,6 +21,7 @@ from perfmamba.errors import PerfMambaError
 from perfmamba.ops.conv_ref import causal_conv1d_ref, causal_conv1d_update_ref
 from perfmamba.ops.decode_ref import mamba1_mixer_step_ref
 from perfmamba.ops.norm_ref import add_rms_norm_ref, rms_norm_ref
+from perfmamba.ops.scan_blocked import selective_scan_blocked
 from perfmamba.ops.scan_chunked import selective_scan_chunked
 from perfmamba.ops.scan_ref import selective_scan_ref, selective_state_update_ref, ssd_loop_ref, ssd_ref
 
@@ -73,6 +74,17 @@ def first_steps(n: int, *tensors) -> list:
     return [t[..., :n] if t is not None else None for t in tensors]
 
 
+def _plain_scan(which: str, u, delta, A, B, C, kwargs):
+    """The plain-torch scan for a "loop" or "ref" call: "ref" is the chunked closed form where autograd
+    will differentiate it, and the step-by-step ``selective_scan_blocked`` otherwise (several times faster
+    on a CPU: ``perfmamba/ops/scan_blocked.py``)."""
+    if which == "loop":
+        return selective_scan_ref
+    tensors = (u, delta, A, B, C, kwargs["D"], kwargs["z"], kwargs["delta_bias"])
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    return selective_scan_chunked if needs_grad else selective_scan_blocked
+
+
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, backend="auto", length=None, out=None):
     """Mamba-1 selective scan.
@@ -96,7 +108,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         return _triton_module().selective_scan_triton(u, delta, A, B, C, **kwargs, length=length, out=out)
     if length is not None and length < u.shape[-1]:
         u, delta, B, C, kwargs["z"] = first_steps(length, u, delta, B, C, z)
-    result = (selective_scan_ref if which == "loop" else selective_scan_chunked)(u, delta, A, B, C, **kwargs)
+    result = _plain_scan(which, u, delta, A, B, C, kwargs)(u, delta, A, B, C, **kwargs)
     if out is None:
         return result
     y = out[..., :u.shape[-1]].copy_(result[0] if return_last_state else result)

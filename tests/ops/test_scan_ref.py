@@ -9,6 +9,9 @@ import torch.nn.functional as F
 from perfmamba import ops
 from perfmamba.errors import PerfMambaError
 from perfmamba.ops import scan_chunked
+from perfmamba.ops.scan_blocked import selective_scan_blocked
+
+PLAIN_SCANS = {"chunked": scan_chunked.selective_scan_chunked, "blocked": selective_scan_blocked}
 
 
 def rel_err(a, b):
@@ -57,22 +60,60 @@ SCAN_VARIANTS = {
 }
 
 
+@pytest.mark.parametrize("scan", list(PLAIN_SCANS))
 @pytest.mark.parametrize("variant", list(SCAN_VARIANTS))
-@pytest.mark.parametrize("seqlen", [1, 7, 64, 300])
+@pytest.mark.parametrize("seqlen", [1, 7, 16, 17, 64, 300])
 @pytest.mark.parametrize("n", [1, 7, 16, 97])
-def test_selective_scan_chunked_matches_loop(n, seqlen, variant):
+def test_selective_scan_plain_forms_match_loop(n, seqlen, variant, scan):
+    # the two forms "ref" runs: chunked (where autograd differentiates it) and blocked (everywhere else);
+    # 16 and 17 steps: one whole block of the blocked form, and one step past it
     bsz, groups, grouped, with_D, with_z, with_bias, softplus = SCAN_VARIANTS[variant]
     args, kw = scan_inputs(bsz, 6, n, seqlen, groups, grouped, with_D, with_z, with_bias, softplus,
                            seed=n * 1000 + seqlen)
-    y, h = ops.selective_scan(*args, **kw, return_last_state=True, backend="ref")
+    y, h = PLAIN_SCANS[scan](*args, **kw, return_last_state=True)
     y_loop, h_loop = ops.selective_scan(*args, **kw, return_last_state=True, backend="loop")
-    assert y.shape == args[0].shape and h.shape == (bsz, 6, n)
+    assert y.shape == args[0].shape and h.shape == (bsz, 6, n) and y.is_contiguous()
     assert y.dtype == torch.float32 and h.dtype == torch.float32
     assert rel_err(y, y_loop) < 1e-5
     assert rel_err(h, h_loop) < 1e-5
     # without return_last_state only y comes back
-    y_only = ops.selective_scan(*args, **kw, backend="ref")
+    y_only = PLAIN_SCANS[scan](*args, **kw)
     assert torch.equal(y_only, y)
+
+
+def test_selective_scan_blocked_keeps_the_input_dtype_and_handles_no_steps():
+    args, kw = scan_inputs(2, 4, 5, 40, with_D=True, with_z=True, seed=8)
+    low = [t.to(torch.bfloat16) for t in args]
+    y, h = selective_scan_blocked(*low, **kw, return_last_state=True)
+    y_loop, h_loop = ops.selective_scan(*low, **kw, return_last_state=True, backend="loop")
+    assert y.dtype == torch.bfloat16 and h.dtype == torch.float32
+    assert rel_err(y, y_loop) < 1e-2 and rel_err(h, h_loop) < 1e-5
+    empty = [t[..., :0] if t.dim() == 3 else t for t in args]
+    y0, h0 = selective_scan_blocked(*empty, return_last_state=True)
+    assert y0.shape == (2, 4, 0) and torch.equal(h0, torch.zeros(2, 4, 5))
+
+
+def test_ref_runs_the_chunked_form_only_where_autograd_needs_it(monkeypatch):
+    calls = []
+    for name in ("selective_scan_chunked", "selective_scan_blocked"):
+        real = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    args, kw = scan_inputs(1, 4, 3, 20, with_D=True, seed=9)
+    ops.selective_scan(*args, **kw, backend="ref")  # grad mode on, but nothing requires a gradient
+    with torch.no_grad():
+        ops.selective_scan(*args, **kw, backend="ref")
+    with torch.inference_mode():
+        ops.selective_scan(*args, **kw, backend="ref")
+    assert calls == ["selective_scan_blocked"] * 3
+    calls.clear()
+    u = args[0].clone().requires_grad_(True)
+    D = kw.pop("D").clone().requires_grad_(True)  # a parameter alone also needs the differentiable form
+    ops.selective_scan(u, *args[1:], D=D, **kw, backend="ref").sum().backward()
+    ops.selective_scan(*args, D=D, **kw, backend="ref")
+    with torch.no_grad():
+        ops.selective_scan(u, *args[1:], D=D, **kw, backend="ref")
+    assert calls == ["selective_scan_chunked", "selective_scan_chunked", "selective_scan_blocked"]
+    assert u.grad is not None and D.grad is not None
 
 
 def test_selective_scan_one_group_layouts_agree():
@@ -111,12 +152,15 @@ def test_selective_scan_overflow_guard_falls_back(monkeypatch, delta_scale, a_sc
     args, kw = scan_inputs(2, 5, 8, seqlen, groups=1, with_D=True, seed=11, delta_scale=delta_scale,
                            a_scale=a_scale)
     args[1].add_(delta_scale * 0.5)  # delta in [s/2, 3s/2]: large per-step decay everywhere
-    y, h = ops.selective_scan(*args, **kw, return_last_state=True, backend="ref")
+    y, h = scan_chunked.selective_scan_chunked(*args, **kw, return_last_state=True)
     assert calls, "the overflow guard never sent a chunk to the stable scan"
     assert torch.isfinite(y).all() and torch.isfinite(h).all()
     y_loop, h_loop = ops.selective_scan(*args, **kw, return_last_state=True, backend="loop")
     assert rel_err(y, y_loop) < 1e-5
     assert rel_err(h, h_loop) < 1e-5
+    # the blocked form (no grad) needs no guard: it never exponentiates a growth
+    y_b, h_b = ops.selective_scan(*args, **kw, return_last_state=True, backend="ref")
+    assert rel_err(y_b, y_loop) < 1e-5 and rel_err(h_b, h_loop) < 1e-5
 
     # gradients stay finite and exact in this regime too
     def grads(backend):
