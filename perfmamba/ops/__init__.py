@@ -75,14 +75,15 @@ def first_steps(n: int, *tensors) -> list:
 
 
 def _plain_scan(which: str, u, delta, A, B, C, kwargs):
-    """The plain-torch scan for a "loop" or "ref" call: "ref" is the chunked closed form where autograd
-    will differentiate it, and the step-by-step ``selective_scan_blocked`` otherwise (several times faster
-    on a CPU: ``perfmamba/ops/scan_blocked.py``)."""
+    """The plain-torch scan for a "loop" or "ref" call: "ref" on CPU tensors is the step-by-step
+    ``selective_scan_blocked`` where no gradient is needed (several times faster there:
+    ``perfmamba/ops/scan_blocked.py``), and otherwise the chunked closed form, which autograd
+    differentiates and which on a GPU takes ~L/32 x 10 launches instead of 2 L."""
     if which == "loop":
         return selective_scan_ref
     tensors = (u, delta, A, B, C, kwargs["D"], kwargs["z"], kwargs["delta_bias"])
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    return selective_scan_chunked if needs_grad else selective_scan_blocked
+    return selective_scan_blocked if u.device.type == "cpu" and not needs_grad else selective_scan_chunked
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

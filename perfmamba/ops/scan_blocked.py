@@ -1,7 +1,8 @@
 """A Mamba-1 selective scan for inference in plain torch: the recurrence itself, step by step, in few ops.
 
-Where no gradient is needed, ``ops.selective_scan``'s reference path runs this instead of the chunked
-closed form (``scan_chunked.py``, which autograd differentiates).  The chunked form writes about ten
+On CPU tensors where no gradient is needed, ``ops.selective_scan``'s reference path runs this instead of
+the chunked closed form (``scan_chunked.py``, which autograd differentiates; on a GPU the chunked form
+also needs far fewer launches than two per step).  The chunked form writes about ten
 (Bsz, D, T, N) tensors per chunk of T steps; on a CPU those passes through memory take the time, not the
 arithmetic.  Here the decays exp(Δ A) and drives Δ u B of BLOCK_STEPS steps are computed in one op
 each, laid out step-major so that each step's slice is contiguous, and then each step is one

@@ -114,6 +114,10 @@ def test_ref_runs_the_chunked_form_only_where_autograd_needs_it(monkeypatch):
         ops.selective_scan(u, *args[1:], D=D, **kw, backend="ref")
     assert calls == ["selective_scan_chunked", "selective_scan_chunked", "selective_scan_blocked"]
     assert u.grad is not None and D.grad is not None
+    # off the CPU (two launches per step on a GPU) the chunked form serves inference too
+    meta = [t.to("meta") for t in args]
+    with torch.no_grad():
+        assert ops._plain_scan("ref", *meta, {"D": None, "z": None, "delta_bias": None}) is ops.selective_scan_chunked
 
 
 def test_selective_scan_one_group_layouts_agree():
