@@ -26,6 +26,11 @@ def _factor_of(values) -> int:
     return 16 if bits == 0 else min(16, bits & -bits)
 
 
+def _unit(factor: int) -> int:
+    """The unit strides are passed in for a common factor: 1 at 16, where Triton sees the alignment itself."""
+    return 1 if factor == 16 else factor
+
+
 def common_factor(*tensors, sizes: tuple = ()) -> int:
     """The largest power of two up to 16 that divides every leading stride of ``tensors`` (a dimension of
     size 1 counts as stride 0: its index is always 0) and every integer in ``sizes``."""
@@ -35,8 +40,7 @@ def common_factor(*tensors, sizes: tuple = ()) -> int:
 def unit_of(*tensors, sizes: tuple = ()) -> int:
     """The unit a kernel takes these strides and sizes in: their ``common_factor``, or 1 where that is 16
     (Triton then sees the alignment itself, and the kernel compiles as without units)."""
-    factor = common_factor(*tensors, sizes=sizes)
-    return 1 if factor == 16 else factor
+    return _unit(common_factor(*tensors, sizes=sizes))
 
 
 def stride_unit(*tensors, sizes: tuple = ()) -> tuple[int, list, list]:
@@ -48,8 +52,7 @@ def stride_unit(*tensors, sizes: tuple = ()) -> tuple[int, list, list]:
     N = 56 in a Mamba-2 layer's conv output, rows 624 apart, is then all multiples of 16).
     """
     leading = [_leading_strides(t) for t in tensors]
-    factor = _factor_of([st for row in leading for st in row] + list(sizes))
-    unit = 1 if factor == 16 else factor
+    unit = _unit(_factor_of([st for row in leading for st in row] + list(sizes)))
     strides = [tuple(st // unit for st in row) + (t.stride(-1),) for row, t in zip(leading, tensors)]
     return unit, strides, [s // unit for s in sizes]
 

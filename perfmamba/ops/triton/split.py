@@ -61,9 +61,9 @@ def pick_splits(programs: int, seqlen: int, block: int, device: torch.device, pe
     already throughput-bound, and the extra pass only costs: measured on an H100, SSD with 192 programs
     went from 0.30 to 0.47 ms when split in 3), aiming at ``per_sm`` programs per SM (measured best: 4 for
     the Mamba-1 scan, 2 for SSD); never under the interpreter or on short sequences (each segment keeps at
-    least ``min_segment`` steps), nor, with ``eager_from``, when the call is launched eagerly on a sequence
-    shorter than that (``whole_when_eager``).  With ``warps_per_program``, ``per_sm`` counts warps instead and the
-    grid is split whenever it has fewer (the step kernel of ``scan_steps`` runs one latency-bound walk
+    least ``min_segment`` steps), nor, with ``eager_from``, when the call is launched eagerly on a
+    sequence shorter than that (``whole_when_eager``).  With ``warps_per_program``, ``per_sm`` counts warps
+    instead and the grid is split whenever it has fewer (the step kernel of ``scan_steps`` runs one latency-bound walk
     per warp and wants about 16 warps per SM: at B=8, L=2048 its best time was 0.75 ms unsplit and
     0.55 ms split in 4).
     """
