@@ -422,6 +422,33 @@ class TestStateUpdateInterpreted:
         yr = selective_state_update_ref(state_ref, x, dt, A, B, C, D, z, bias, True, dt_limit)
         assert rel_err(y, yr) < 1e-5 and rel_err(state, state_ref) < 1e-5
 
+    @pytest.mark.parametrize("family", ["mamba1", "mamba2"])
+    @pytest.mark.parametrize("config", [(1, 1), (2, 2), (4, 1), (8, 4)])
+    def test_tile_override(self, family, config):
+        # config = (BLOCK_P, num_warps) replaces block_config's choice (for tuning): every tile covers the
+        # channels, including a last block that is partly masked (6 or 10 channels per head)
+        from perfmamba.ops.triton.state_update import selective_state_update_triton
+        g = _gen(sum(config))
+        bsz, n = 2, 13
+        if family == "mamba1":
+            shape, per_step = (bsz, 10, n), (bsz, 10)
+            A = -torch.rand(10, n, generator=g)
+            dt = torch.randn(*per_step, generator=g)
+            D, bias = torch.randn(10, generator=g), torch.randn(10, generator=g)
+            B, C = torch.randn(bsz, n, generator=g), torch.randn(bsz, n, generator=g)
+        else:
+            shape, per_step = (bsz, 3, 6, n), (bsz, 3, 6)
+            A = -torch.rand(3, generator=g)
+            dt = torch.randn(bsz, 3, generator=g)
+            D, bias = torch.randn(3, generator=g), torch.randn(3, generator=g)
+            B, C = torch.randn(bsz, 1, n, generator=g), torch.randn(bsz, 1, n, generator=g)
+        state = torch.randn(*shape, generator=g)
+        state_ref = state.clone()
+        x, z = torch.randn(*per_step, generator=g), torch.randn(*per_step, generator=g)
+        y = selective_state_update_triton(state, x, dt, A, B, C, D, z, bias, True, config=config)
+        yr = selective_state_update_ref(state_ref, x, dt, A, B, C, D, z, bias, True)
+        assert rel_err(y, yr) < 1e-5 and rel_err(state, state_ref) < 1e-5
+
 
     @pytest.mark.parametrize("family,n,pitch", [("mamba1", 14, 14), ("mamba1", 6, 20), ("mamba2", 56, 56),
                                                 ("mamba2", 12, 36)])

@@ -128,8 +128,23 @@ def _split(t: torch.Tensor, dim: int, per: int):
     return st[:dim] + [st[dim] * per, st[dim]] + st[dim + 1:]
 
 
+def block_config(per: int, n_state: int, mamba1: bool) -> tuple[int, int]:
+    """(BLOCK_P, num_warps) of a decode step: ~2K state elements per program, enough bytes in flight per SM and
+    enough programs for small batches.  Mamba-1 (one dt per channel, and dt_proj's rows when fused) uses
+    M1_BLOCK_P channels per program: its heads are whole groups of D/G channels, so 2K elements would leave
+    batch 1 with a dozen programs.  Smaller tiles with fewer warps timed 10-24% faster per call on an H200
+    (docs/benchmarks/tuning-h200/ssu-sweep.txt) but changed no whole-model decode time measurably, and were
+    not checked on a GPU against the reference; see docs/kernel_notes.md."""
+    block_n = max(2, next_pow2(n_state))
+    block_p = max(1, min(next_pow2(per), max(4, 2048 // block_n)))
+    if mamba1:
+        block_p = min(block_p, M1_BLOCK_P)
+    return block_p, 4
+
+
 def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
-                                  dt_limit=(0.0, float("inf")), out=None, dt_proj_weight=None, partials=None):
+                                  dt_limit=(0.0, float("inf")), out=None, dt_proj_weight=None, partials=None,
+                                  config=None):
     """Same arguments, shapes and results as ``selective_state_update_ref``; ``state`` is updated in place.
     With ``dt_proj_weight`` (Mamba-1, (D, R)), dt is (Bsz, R) and is projected inside the kernel.
     ``partials`` = (sums, R, N) (Mamba-1 with dt_proj_weight; ``mamba1_step.py``): dt, B and C are not
@@ -137,7 +152,7 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
 
     Mamba-1: state (Bsz, D, N); x, dt, z (Bsz, D); A (D, N); B, C (Bsz, N) or (Bsz, G, N); D, dt_bias (D,).
     Mamba-2: state (Bsz, H, P, N); x, z (Bsz, H, P); dt (Bsz, H); A, D, dt_bias (H,) (D also (H, P));
-    B, C (Bsz, G, N).
+    B, C (Bsz, G, N).  ``config`` = (BLOCK_P, num_warps) overrides ``block_config`` (for tuning).
     """
     y = out if out is not None else torch.empty_like(x)
     if partials is not None:  # B, C, dt stand in as views of the sums (one group); only their strides are used
@@ -176,12 +191,7 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
     w_s = _split(w, 0, per) if w is not None else (0, 0, 0)
     rank = w.shape[1] if w is not None else 1
     block_n = max(2, next_pow2(n_state))
-    # ~2K state elements per program: enough bytes in flight per SM, enough programs for small batches.
-    # Mamba-1 (one dt per channel, and dt_proj's rows when fused) uses M1_BLOCK_P channels per program:
-    # its heads are whole groups of D/G channels, so 2K elements would leave batch 1 with a dozen programs
-    block_p = max(1, min(next_pow2(per), max(4, 2048 // block_n)))
-    if state.dim() == 3:
-        block_p = min(block_p, M1_BLOCK_P)
+    block_p, num_warps = config if config is not None else block_config(per, n_state, state.dim() == 3)
     grid = (bsz * heads, triton.cdiv(per, block_p))
     s_unit, st_s = state_stride_unit(st_s)
     _state_update_kernel[grid](
@@ -194,6 +204,6 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
         SOFTPLUS=bool(dt_softplus), CLAMP_DT=clamp, DT_PROJ=w is not None, BLOCK_P=block_p, BLOCK_N=block_n,
         BLOCK_R=max(2, next_pow2(rank)), PARTIALS=partials is not None,
         BLOCK_Q=max(2, next_pow2(partials[0].shape[0])) if partials is not None else 2, S_UNIT=s_unit,
-        num_warps=4,
+        num_warps=num_warps,
     )
     return y
