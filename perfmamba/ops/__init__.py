@@ -116,6 +116,25 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     return (y, result[1]) if return_last_state else y
 
 
+# The chunk length of the plain-torch SSD on a CPU.  ``chunk_size`` sets only the granularity of the chunked
+# algorithm (the result is the same up to rounding), and there the quadratic in-chunk work, L x T x (N + P)
+# per head, is what takes the time.  Measured on a 2-core x86_64 CPU (torch 2.13, fp32, 2026-12-02; one
+# mamba2-130m layer's SSD, 24 heads x 64, N = 128, batch 1): T = 256 / 128 / 64 / 32 took 90.0 / 56.5 /
+# 39.7 / 37.8 ms at L = 1024, 222 / 117 / 83 / 96 ms at 2048, and at L = 64, which T = 256 pads to one
+# whole chunk, 22.7 / 5.3 / 1.8 / 2.1 ms; forward + backward at demo-mamba2's heads (8 x 64, N = 64, batch
+# 8, L = 1024) 851 ms at 256 against 305 at 64.  Outputs and gradients differ by ~1e-7 (relative).
+CPU_REF_CHUNK = 64
+
+
+def ref_chunk_length(chunk_size: int, seqlen: int, device: torch.device) -> int:
+    """The chunk length ``ssd`` runs ``ssd_ref`` with: ``chunk_size`` on a GPU (not measured there); on a
+    CPU at most CPU_REF_CHUNK steps, and no longer than the sequence's next power of two (a chunk past the
+    end is zero padding that the quadratic form still multiplies)."""
+    if device.type != "cpu":
+        return int(chunk_size)
+    return max(1, min(int(chunk_size), CPU_REF_CHUNK, 1 << max(0, int(seqlen) - 1).bit_length()))
+
+
 def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, initial_states=None,
         return_final_states=False, dt_limit=(0.0, float("inf")), backend="auto"):
     """Mamba-2 SSD (state-space duality) scan.
@@ -132,7 +151,7 @@ def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=Fa
         return _triton_module().ssd_triton(x, dt, A, B, C, chunk_size, **kwargs)
     if which == "loop":
         return ssd_loop_ref(x, dt, A, B, C, **kwargs)
-    return ssd_ref(x, dt, A, B, C, chunk_size, **kwargs)
+    return ssd_ref(x, dt, A, B, C, ref_chunk_length(chunk_size, x.shape[1], x.device), **kwargs)
 
 
 def causal_conv1d(x, weight, bias=None, activation=None, return_final_state=False, initial_state=None,

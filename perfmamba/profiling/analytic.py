@@ -17,7 +17,9 @@ Conventions (documented here once; the report links to this docstring):
   readout C.h.  Per (token, channel) on top: dt bias + softplus, the D skip, and the SiLU(z) gate, which
   our ops fuse into the scan; gating is therefore attributed to "ssm" for Mamba-1 (see components.py).
 * Mamba-2 SSD, chunked with chunk length Q = min(chunk_size, span) (so Q = 1 in decode, where the
-  chunked form is the recurrence): per token 2*Q*(G*N + H*P) for the intra-chunk C.B^T scores (per group,
+  chunked form is the recurrence; on a CPU the plain-torch SSD runs shorter chunks than the config's,
+  ``ops.ref_chunk_length``, and the profiler counts those; the Triton kernel's own chunk tile, 32 or 64
+  steps, is not modelled: its in-chunk FLOPs are counted at the config's chunk_size): per token 2*Q*(G*N + H*P) for the intra-chunk C.B^T scores (per group,
   dense tiles as the kernels compute them) and scores @ x, 2*Q*H for the decay mask, 4*H*P*N for each
   chunk's state (B^T x) and the readout of the entering state (C h); plus 2*H*P*N per chunk to pass the
   state on.  The SSD's contractions count as matmul FLOPs (they run on tensor cores in the kernels).
@@ -180,8 +182,8 @@ def gated_rmsnorm_cost(w: Work, dim: int) -> Cost:
 
 
 # ---------------------------------------------------------------------------------------- per component
-def mixer_costs(config, layer: int, w: Work) -> dict:
-    """{component: Cost} of one layer's mixer (block_components order)."""
+def mixer_costs(config, layer: int, w: Work, ssd_chunk: int | None = None) -> dict:
+    """{component: Cost} of one layer's mixer (block_components order); ``ssd_chunk``: see component_costs."""
     cfg, n = config, config.layer_d_state(layer)
     if cfg.family == "mamba1":
         D, R = cfg.d_inner, cfg.dt_rank
@@ -208,7 +210,7 @@ def mixer_costs(config, layer: int, w: Work) -> dict:
     return {
         "in_proj": linear_cost(w, cfg.d_model, 2 * D + 2 * G * n + cfg.nheads, cfg.bias),
         "conv1d": conv_cost(w, D + 2 * G * n, cfg.d_conv, cfg.conv_bias),
-        "ssm": ssd_cost(w, cfg.nheads, cfg.headdim, G, n, cfg.chunk_size),
+        "ssm": ssd_cost(w, cfg.nheads, cfg.headdim, G, n, cfg.chunk_size if ssd_chunk is None else ssd_chunk),
         "gate_norm": gated_rmsnorm_cost(w, D),
         "out_proj": linear_cost(w, D, cfg.d_model, cfg.bias),
     }
@@ -221,22 +223,24 @@ def make_work(config, mode: str, batch: int, seqlen: int, dtype_bytes: int, in_b
 
 
 def component_costs(config, scope: str, mode: str, batch: int, seqlen: int, dtype_bytes: int,
-                    layer: int = 0) -> dict:
+                    layer: int = 0, ssd_chunk: int | None = None) -> dict:
     """{component: Cost} in ``profiled_components`` order, for one block (layer ``layer``, fed in the model
-    dtype) or the whole model (all layers summed, embedding, final norm and head)."""
+    dtype) or the whole model (all layers summed, embedding, final norm and head).  ``ssd_chunk``: the
+    chunk length the Mamba-2 SSD runs with, where it is not the config's ``chunk_size`` (the plain-torch
+    SSD on a CPU: ``ops.ref_chunk_length``)."""
     w = make_work(config, mode, batch, seqlen, dtype_bytes)
     names = profiled_components(config.family, scope)
     totals = {name: Cost() for name in names}
     if scope == "block":
         totals["norm"] = block_norm_cost(w, config.d_model, w.in_bytes)
-        totals.update(mixer_costs(config, layer, w))
+        totals.update(mixer_costs(config, layer, w, ssd_chunk))
         return totals
     totals["embedding"] = Cost(weight_bytes=w.tokens * config.d_model * w.act_bytes, act_read_bytes=w.tokens * ID_BYTES,
                                act_write_bytes=w.tokens * config.d_model * w.act_bytes)
     # as MambaLM runs them: each residual add fused into the next norm (layer 0's has no residual yet)
     for i in range(config.n_layer):
         totals["norm"] = totals["norm"] + add_norm_cost(w, config.d_model, with_residual=i > 0)
-        for name, cost in mixer_costs(config, i, w).items():
+        for name, cost in mixer_costs(config, i, w, ssd_chunk).items():
             totals[name] = totals[name] + cost
     totals["norm"] = totals["norm"] + add_norm_cost(w, config.d_model, with_residual=True)  # the final norm
     totals["lm_head"] = linear_cost(w, config.d_model, config.vocab_size, False)

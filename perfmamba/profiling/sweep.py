@@ -275,7 +275,11 @@ def build_records(cfg, name: str, r: Resolved, ceilings: Ceilings, mode: str, ba
     """Analytic numbers always; measured ones (and what derives from them) when ``m`` is given."""
     s = r.settings
     dtype_bytes = torch.tensor([], dtype=r.dtype).element_size()
-    costs = analytic.component_costs(cfg, s.scope, mode, batch, seqlen, dtype_bytes, layer=s.layer)
+    # the plain-torch SSD's chunk length on a CPU is not the config's (ops.ref_chunk_length): count what runs
+    ssd_chunk = (ops.ref_chunk_length(cfg.chunk_size, seqlen, r.device)
+                 if cfg.family == "mamba2" and r.backend == "ref" else None)
+    costs = analytic.component_costs(cfg, s.scope, mode, batch, seqlen, dtype_bytes, layer=s.layer,
+                                     ssd_chunk=ssd_chunk)
     base = dict(model=name, family=cfg.family, scope=s.scope, mode=mode, seqlen=seqlen, batch=batch)
     roof = ceilings.roof(with_launches=r.device.type == "cuda")  # kernel launches are counted on a GPU only
     names = profiled_components(cfg.family, s.scope)

@@ -246,6 +246,35 @@ def test_ssd_chunked_matches_loop(n, seqlen, chunk, variant):
     assert rel_err(h, h_loop) < 1e-5
 
 
+@pytest.mark.parametrize("chunk,seqlen,expected", [(256, 1000, 64), (256, 64, 64), (256, 40, 64), (256, 9, 16),
+                                                    (256, 1, 1), (32, 1000, 32), (16, 9, 16)])
+def test_ssd_ref_chunk_length_on_a_cpu(chunk, seqlen, expected):
+    # at most CPU_REF_CHUNK, never longer than the sequence's next power of two, never longer than asked
+    assert ops.ref_chunk_length(chunk, seqlen, torch.device("cpu")) == expected
+    assert ops.ref_chunk_length(chunk, seqlen, torch.device("cuda")) == chunk  # not measured there: as asked
+
+
+@pytest.mark.parametrize("seqlen", [9, 200])
+def test_ssd_ref_runs_its_cpu_chunk_and_matches_the_asked_one(seqlen, monkeypatch):
+    # ops.ssd on CPU tensors runs ssd_ref with the shorter chunk; the result is the same function (the
+    # chunk length only changes rounding), against ssd_ref at the config's 256 and against the loop
+    args, kw = ssd_inputs(2, seqlen, 4, 6, 2, 13, seed=seqlen, D_shape=(4,), with_z=True, with_init=True)
+    from perfmamba.ops.scan_ref import ssd_ref
+    chunks = []
+
+    def spy(*a, **k):
+        chunks.append(a[5])
+        return ssd_ref(*a, **k)
+
+    monkeypatch.setattr(ops, "ssd_ref", spy)
+    y, h = ops.ssd(*args, 256, **kw, return_final_states=True, backend="ref")
+    assert chunks == [ops.ref_chunk_length(256, seqlen, torch.device("cpu"))] and chunks[0] < 256
+    y256, h256 = ssd_ref(*args, 256, **kw, return_final_states=True)
+    y_loop, h_loop = ops.ssd(*args, 256, **kw, return_final_states=True, backend="loop")
+    assert rel_err(y, y256) < 1e-6 and rel_err(h, h256) < 1e-6
+    assert rel_err(y, y_loop) < 1e-5 and rel_err(h, h_loop) < 1e-5
+
+
 def test_ssd_dt_limit_clamps():
     args, kw = ssd_inputs(1, 20, 2, 4, 1, 5, seed=9)
     y_free = ops.ssd(*args, 8, **kw, backend="loop")

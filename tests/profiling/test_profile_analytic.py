@@ -115,3 +115,17 @@ def test_whole_model_norms_are_the_fused_add_norms():
     assert norm.act_read_bytes == norms * tokens * d * act + with_residual * tokens * d * res
     assert norm.act_write_bytes == norms * tokens * d * (act + res)
     assert norm.flops == norms * tokens * d * analytic.RMS_FLOPS + with_residual * tokens * d
+
+
+def test_ssd_in_chunk_flops_follow_the_chunk_that_runs():
+    # the plain-torch SSD on a CPU runs shorter chunks than the config's (ops.ref_chunk_length): its
+    # in-chunk work, 2 Q (G N + H P) matmul FLOPs a token, is counted at the Q it runs
+    cfg = Mamba2Config(d_model=64, n_layer=1, vocab_size=10, d_state=16, headdim=16, ngroups=2, chunk_size=256)
+    batch, seqlen = 2, 1024
+    asked = analytic.component_costs(cfg, "block", "prefill", batch, seqlen, 4)["ssm"]
+    ran = analytic.component_costs(cfg, "block", "prefill", batch, seqlen, 4, ssd_chunk=64)["ssm"]
+    per_q = 2 * batch * seqlen * (cfg.ngroups * cfg.d_state + cfg.nheads * cfg.headdim)
+    assert asked.matmul_flops - ran.matmul_flops == (256 - 64) * per_q
+    assert ran.bytes == asked.bytes  # the traffic of a fused kernel does not depend on the chunk
+    decode = analytic.component_costs(cfg, "block", "decode", batch, seqlen, 4, ssd_chunk=64)["ssm"]
+    assert decode == analytic.component_costs(cfg, "block", "decode", batch, seqlen, 4)["ssm"]  # Q = 1 there

@@ -64,6 +64,24 @@ def test_every_configuration_and_component_is_recorded(small_run, tiny_dirs):
     assert slopes[(tiny_dirs["tiny-m2"], "decode", "whole")].flops_slope == pytest.approx(0.0)
 
 
+def test_cpu_ssd_flops_are_counted_at_the_chunk_it_runs(tmp_path):
+    # a model that asks for 128-step chunks, at L = 96: the plain-torch SSD on a CPU runs 64-step chunks
+    # (ops.ref_chunk_length), and the record's FLOPs are those of what ran, not of one 96-step chunk
+    from perfmamba.config import Mamba2Config
+    from perfmamba.models.lm import MambaLM
+    from perfmamba.profiling import analytic
+    cfg = Mamba2Config(d_model=64, n_layer=1, vocab_size=256, d_state=16, headdim=16, chunk_size=128)
+    torch.manual_seed(0)
+    MambaLM(cfg, backend="ref").save_pretrained(str(tmp_path / "m2"))
+    run = run_sweep(SweepSettings(models=[str(tmp_path / "m2")], seqlens=[96], batches=[1], mode="prefill", **FAST))
+    rec = next(r for r in run.components if r.component == "ssm")
+    chunk = ops.ref_chunk_length(cfg.chunk_size, 96, torch.device("cpu"))
+    assert chunk == 64
+    ran = analytic.component_costs(cfg, "block", "prefill", 1, 96, 4, ssd_chunk=chunk)["ssm"]
+    asked = analytic.component_costs(cfg, "block", "prefill", 1, 96, 4)["ssm"]
+    assert rec.flops == ran.flops < asked.flops
+
+
 def test_each_stage_is_timed_once_and_the_parts_are_summed_against_the_whole(tiny_dirs, monkeypatch):
     """The accounting, on a clock that cannot be disturbed: stage k of a configuration "takes" k + 1 ms and
     the whole block twice their sum (as medians), so every component's time (the norm's two stages added), its share, the
