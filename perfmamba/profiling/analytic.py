@@ -19,10 +19,11 @@ Conventions (documented here once; the report links to this docstring):
 * Mamba-2 SSD, chunked with chunk length Q = min(chunk_size, span) (so Q = 1 in decode, where the
   chunked form is the recurrence; on a CPU the plain-torch SSD runs shorter chunks than the config's,
   ``ops.ref_chunk_length``, and the profiler counts those; the Triton kernel's own chunk tile, 32 or 64
-  steps, is not modelled: its in-chunk FLOPs are counted at the config's chunk_size): per token 2*Q*(G*N + H*P) for the intra-chunk C.B^T scores (per group,
-  dense tiles as the kernels compute them) and scores @ x, 2*Q*H for the decay mask, 4*H*P*N for each
-  chunk's state (B^T x) and the readout of the entering state (C h); plus 2*H*P*N per chunk to pass the
-  state on.  The SSD's contractions count as matmul FLOPs (they run on tensor cores in the kernels).
+  steps, is not modelled: its in-chunk FLOPs are counted at the config's chunk_size): per token
+  2*Q*(G*N + H*P) for the intra-chunk C.B^T scores (per group, dense tiles as the kernels compute them)
+  and scores @ x, 2*Q*H for the decay mask, 4*H*P*N for each chunk's state (B^T x) and the readout of
+  the entering state (C h); plus 2*H*P*N per chunk to pass the state on.  The SSD's contractions count
+  as matmul FLOPs (they run on tensor cores in the kernels).
 * Decode additionally reads and writes the carried conv state (d_conv inputs per channel) and SSM state;
   prefill writes the final states once (the mixers return them for the cache).
 * The Mamba-2 "gate_norm" is the gated RMSNorm: y * SiLU(z), then RMSNorm per group.

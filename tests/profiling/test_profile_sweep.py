@@ -73,7 +73,8 @@ def test_cpu_ssd_flops_are_counted_at_the_chunk_it_runs(tmp_path):
     cfg = Mamba2Config(d_model=64, n_layer=1, vocab_size=256, d_state=16, headdim=16, chunk_size=128)
     torch.manual_seed(0)
     MambaLM(cfg, backend="ref").save_pretrained(str(tmp_path / "m2"))
-    run = run_sweep(SweepSettings(models=[str(tmp_path / "m2")], seqlens=[96], batches=[1], mode="prefill", **FAST))
+    run = run_sweep(SweepSettings(models=[str(tmp_path / "m2")], seqlens=[96], batches=[1], mode="prefill",
+                                  **FAST))
     rec = next(r for r in run.components if r.component == "ssm")
     chunk = ops.ref_chunk_length(cfg.chunk_size, 96, torch.device("cpu"))
     assert chunk == 64
