@@ -81,8 +81,14 @@ def unknown_model_message(name: str) -> str:
 
 
 def config_of(name: str):
-    """The config of a preset, demo model or checkpoint directory, read without building the model."""
+    """The config of a preset, demo model or checkpoint directory, read without building the model; any
+    other name is refused with ``load_model``'s one-line error."""
     if name in preset_names():
         return get_preset(name)
-    directory = demo_model_dir(name) if name in DEMO_MODELS else name
+    if name in DEMO_MODELS:
+        directory = demo_model_dir(name)
+    elif os.path.isdir(name):
+        directory = name
+    else:
+        raise PerfMambaError(unknown_model_message(name))
     return read_config_json(os.path.join(directory, "config.json"))

@@ -400,15 +400,11 @@ def environment(device: torch.device) -> dict:
 
 def _check_model_name(name: str, layer: int) -> None:
     """Fail before any work on a name that load_model would reject later, or a layer that does not exist."""
-    from perfmamba.api import config_of, unknown_model_message
-    from perfmamba.config import preset_names
-    from perfmamba.demo_models import DEMO_MODELS
+    from perfmamba.api import config_of
     hub_id = name.count("/") == 1 and not name.startswith((".", "/")) and not os.path.exists(name)
     if hub_id:
         return  # fetched (or refused, in one line) by load_model
-    if name not in preset_names() and name not in DEMO_MODELS and not os.path.isdir(name):
-        raise PerfMambaError(unknown_model_message(name))
-    n_layer = config_of(name).n_layer
+    n_layer = config_of(name).n_layer  # refuses a name that is no preset, demo model or directory
     if layer >= n_layer:
         raise PerfMambaError(f"--layer {layer} does not exist: {name} has {n_layer} layers (0..{n_layer - 1})")
 
