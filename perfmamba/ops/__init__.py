@@ -28,7 +28,7 @@ from perfmamba.ops.scan_ref import selective_scan_ref, selective_state_update_re
 BACKENDS = ("auto", "ref", "loop", "triton")
 
 __all__ = ["BACKENDS", "selective_scan", "ssd", "causal_conv1d", "causal_conv1d_update", "selective_state_update",
-           "rms_norm", "add_rms_norm", "mamba1_mixer_step", "resolve_backend",
+           "rms_norm", "add_rms_norm", "mamba1_mixer_step", "resolve_backend", "ssd_tiles",
            "triton_available", "first_steps"]
 
 
@@ -133,6 +133,19 @@ def ref_chunk_length(chunk_size: int, seqlen: int, device: torch.device) -> int:
     if device.type != "cpu":
         return int(chunk_size)
     return max(1, min(int(chunk_size), CPU_REF_CHUNK, 1 << max(0, int(seqlen) - 1).bit_length()))
+
+
+def ssd_tiles(backend: str, chunk_size: int, bsz: int, seqlen: int, nheads: int, headdim: int,
+              n_state: int, device: torch.device) -> tuple[int, int]:
+    """(Q, S): how the SSD that ``backend`` (concrete) runs splits this shape's work, for the cost model.
+    Q is the chunk of its in-chunk quadratic form: 1 for "loop" (the recurrence), ``ref_chunk_length`` for
+    "ref", the kernel's step tile for "triton" (``ssd.tiles_run``: what ran, else what would).  S is how
+    many (Q, Q) C B^T score tiles each chunk computes: one per head in both plain-torch forms (B and C are
+    broadcast to the heads) and one per program of the Triton kernel (per block of a head's channels)."""
+    if backend == "triton":
+        block_t, block_p = _triton_module().ssd.tiles_run(bsz, seqlen, nheads, headdim, n_state, chunk_size)
+        return block_t, nheads * -(-headdim // block_p)
+    return (1 if backend == "loop" else ref_chunk_length(chunk_size, seqlen, device)), nheads
 
 
 def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, initial_states=None,

@@ -16,14 +16,16 @@ Conventions (documented here once; the report links to this docstring):
   9*B*L*D*N of Gu & Dao (2023): discretisation exp(dt*A) and dt*B*u, the update h = dA*h + dBu, the
   readout C.h.  Per (token, channel) on top: dt bias + softplus, the D skip, and the SiLU(z) gate, which
   our ops fuse into the scan; gating is therefore attributed to "ssm" for Mamba-1 (see components.py).
-* Mamba-2 SSD, chunked with chunk length Q = min(chunk_size, span) (so Q = 1 in decode, where the
-  chunked form is the recurrence; on a CPU the plain-torch SSD runs shorter chunks than the config's,
-  ``ops.ref_chunk_length``, and the profiler counts those; the Triton kernel's own chunk tile, 32 or 64
-  steps, is not modelled: its in-chunk FLOPs are counted at the config's chunk_size): per token
-  2*Q*(G*N + H*P) for the intra-chunk C.B^T scores (per group, dense tiles as the kernels compute them)
-  and scores @ x, 2*Q*H for the decay mask, 4*H*P*N for each chunk's state (B^T x) and the readout of
-  the entering state (C h); plus 2*H*P*N per chunk to pass the state on.  The SSD's contractions count
-  as matmul FLOPs (they run on tensor cores in the kernels).
+* Mamba-2 SSD, chunked with chunk length Q = min(chunk, span), where chunk is what the backend runs
+  (``ops.ssd_tiles``; the config's chunk_size when not given): the plain-torch SSD's
+  ``ops.ref_chunk_length`` on a CPU, the Triton kernel's step tile (32 or 64) on a GPU, 1 for the loop;
+  Q = 1 in decode, where the chunked form is the recurrence.  Per token: 2*Q*(S*N + H*P) for the
+  intra-chunk C.B^T scores and scores @ x, with S the (Q, Q) score tiles computed per chunk (dense
+  tiles, as the kernels compute them; S = H by default, since both of our backends compute the scores
+  per head rather than once per group as mamba_ssm's kernels do, and the Triton kernel once per program
+  of BLOCK_P channels, H * ceil(P / BLOCK_P)); 2*Q*H for the decay mask; 4*H*P*N for each chunk's state
+  (B^T x) and the readout of the entering state (C h); plus 2*H*P*N per chunk to pass the state on.
+  The SSD's contractions count as matmul FLOPs (they run on tensor cores in the kernels).
 * Decode additionally reads and writes the carried conv state (d_conv inputs per channel) and SSM state;
   prefill writes the final states once (the mixers return them for the cache).
 * The Mamba-2 "gate_norm" is the gated RMSNorm: y * SiLU(z), then RMSNorm per group.
@@ -38,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 from perfmamba.profiling.components import profiled_components
 
@@ -162,12 +165,15 @@ def selective_scan_cost(w: Work, d_inner: int, d_state: int) -> Cost:
                 state_read_bytes=state if w.carries_state else 0, state_write_bytes=state)
 
 
-def ssd_cost(w: Work, nheads: int, headdim: int, ngroups: int, d_state: int, chunk_size: int) -> Cost:
-    """Mamba-2 SSD (chunked; Q = 1 is the decode recurrence), D skip and dt bias/softplus included."""
+def ssd_cost(w: Work, nheads: int, headdim: int, ngroups: int, d_state: int, chunk: int,
+             score_tiles: int | None = None) -> Cost:
+    """Mamba-2 SSD (chunked; Q = 1 is the decode recurrence), D skip and dt bias/softplus included;
+    ``score_tiles``: the C B^T score tiles per chunk (default: one per head)."""
     H, P, G, N = nheads, headdim, ngroups, d_state
-    Q = max(1, min(chunk_size, w.span))
+    S = H if score_tiles is None else score_tiles
+    Q = max(1, min(chunk, w.span))
     chunks = w.batch * math.ceil(w.span / Q)
-    matmul = w.tokens * (2.0 * Q * (G * N + H * P) + 4.0 * H * P * N)
+    matmul = w.tokens * (2.0 * Q * (S * N + H * P) + 4.0 * H * P * N)
     elementwise = w.tokens * (2 * Q * H + H * DT_PREP_FLOPS + H * P * D_SKIP_FLOPS) + chunks * 2.0 * H * P * N
     state = w.batch * H * P * N * STATE_BYTES
     return Cost(flops=matmul + elementwise, matmul_flops=matmul,
@@ -183,8 +189,8 @@ def gated_rmsnorm_cost(w: Work, dim: int) -> Cost:
 
 
 # ---------------------------------------------------------------------------------------- per component
-def mixer_costs(config, layer: int, w: Work, ssd_chunk: int | None = None) -> dict:
-    """{component: Cost} of one layer's mixer (block_components order); ``ssd_chunk``: see component_costs."""
+def mixer_costs(config, layer: int, w: Work, ssd_tiles: Callable | None = None) -> dict:
+    """{component: Cost} of one layer's mixer (block_components order); ``ssd_tiles``: see component_costs."""
     cfg, n = config, config.layer_d_state(layer)
     if cfg.family == "mamba1":
         D, R = cfg.d_inner, cfg.dt_rank
@@ -211,7 +217,7 @@ def mixer_costs(config, layer: int, w: Work, ssd_chunk: int | None = None) -> di
     return {
         "in_proj": linear_cost(w, cfg.d_model, 2 * D + 2 * G * n + cfg.nheads, cfg.bias),
         "conv1d": conv_cost(w, D + 2 * G * n, cfg.d_conv, cfg.conv_bias),
-        "ssm": ssd_cost(w, cfg.nheads, cfg.headdim, G, n, cfg.chunk_size if ssd_chunk is None else ssd_chunk),
+        "ssm": ssd_cost(w, cfg.nheads, cfg.headdim, G, n, *(ssd_tiles(n) if ssd_tiles else (cfg.chunk_size,))),
         "gate_norm": gated_rmsnorm_cost(w, D),
         "out_proj": linear_cost(w, D, cfg.d_model, cfg.bias),
     }
@@ -224,24 +230,24 @@ def make_work(config, mode: str, batch: int, seqlen: int, dtype_bytes: int, in_b
 
 
 def component_costs(config, scope: str, mode: str, batch: int, seqlen: int, dtype_bytes: int,
-                    layer: int = 0, ssd_chunk: int | None = None) -> dict:
+                    layer: int = 0, ssd_tiles: Callable | None = None) -> dict:
     """{component: Cost} in ``profiled_components`` order, for one block (layer ``layer``, fed in the model
-    dtype) or the whole model (all layers summed, embedding, final norm and head).  ``ssd_chunk``: the
-    chunk length the Mamba-2 SSD runs with, where it is not the config's ``chunk_size`` (the plain-torch
-    SSD on a CPU: ``ops.ref_chunk_length``)."""
+    dtype) or the whole model (all layers summed, embedding, final norm and head).  ``ssd_tiles``: a
+    layer's d_state -> (chunk, score tiles per chunk) of the Mamba-2 SSD that runs (``ops.ssd_tiles``);
+    default: the config's ``chunk_size``, one score tile per head."""
     w = make_work(config, mode, batch, seqlen, dtype_bytes)
     names = profiled_components(config.family, scope)
     totals = {name: Cost() for name in names}
     if scope == "block":
         totals["norm"] = block_norm_cost(w, config.d_model, w.in_bytes)
-        totals.update(mixer_costs(config, layer, w, ssd_chunk))
+        totals.update(mixer_costs(config, layer, w, ssd_tiles))
         return totals
     totals["embedding"] = Cost(weight_bytes=w.tokens * config.d_model * w.act_bytes, act_read_bytes=w.tokens * ID_BYTES,
                                act_write_bytes=w.tokens * config.d_model * w.act_bytes)
     # as MambaLM runs them: each residual add fused into the next norm (layer 0's has no residual yet)
     for i in range(config.n_layer):
         totals["norm"] = totals["norm"] + add_norm_cost(w, config.d_model, with_residual=i > 0)
-        for name, cost in mixer_costs(config, i, w, ssd_chunk).items():
+        for name, cost in mixer_costs(config, i, w, ssd_tiles).items():
             totals[name] = totals[name] + cost
     totals["norm"] = totals["norm"] + add_norm_cost(w, config.d_model, with_residual=True)  # the final norm
     totals["lm_head"] = linear_cost(w, config.d_model, config.vocab_size, False)

@@ -275,11 +275,14 @@ def build_records(cfg, name: str, r: Resolved, ceilings: Ceilings, mode: str, ba
     """Analytic numbers always; measured ones (and what derives from them) when ``m`` is given."""
     s = r.settings
     dtype_bytes = torch.tensor([], dtype=r.dtype).element_size()
-    # the plain-torch SSD's chunk length on a CPU is not the config's (ops.ref_chunk_length): count what runs
-    ssd_chunk = (ops.ref_chunk_length(cfg.chunk_size, seqlen, r.device)
-                 if cfg.family == "mamba2" and r.backend == "ref" else None)
+    # the SSD's in-chunk work depends on the chunk the backend runs, which is not the config's chunk_size
+    # (64 steps on a CPU, the kernel's tile on a GPU): count what ran (ops.ssd_tiles)
+    ssd_tiles = None
+    if cfg.family == "mamba2":
+        def ssd_tiles(n_state):
+            return ops.ssd_tiles(r.backend, cfg.chunk_size, batch, seqlen, cfg.nheads, cfg.headdim, n_state, r.device)
     costs = analytic.component_costs(cfg, s.scope, mode, batch, seqlen, dtype_bytes, layer=s.layer,
-                                     ssd_chunk=ssd_chunk)
+                                     ssd_tiles=ssd_tiles)
     base = dict(model=name, family=cfg.family, scope=s.scope, mode=mode, seqlen=seqlen, batch=batch)
     roof = ceilings.roof(with_launches=r.device.type == "cuda")  # kernel launches are counted on a GPU only
     names = profiled_components(cfg.family, s.scope)

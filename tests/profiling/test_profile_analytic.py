@@ -118,14 +118,30 @@ def test_whole_model_norms_are_the_fused_add_norms():
 
 
 def test_ssd_in_chunk_flops_follow_the_chunk_that_runs():
-    # the plain-torch SSD on a CPU runs shorter chunks than the config's (ops.ref_chunk_length): its
-    # in-chunk work, 2 Q (G N + H P) matmul FLOPs a token, is counted at the Q it runs
+    # the plain-torch SSD on a CPU runs shorter chunks than the config's (ops.ref_chunk_length), the Triton
+    # kernel its own step tile: the in-chunk work, 2 Q (S N + H P) matmul FLOPs a token with S score tiles
+    # per chunk (one per head unless told), is counted at the Q that runs
     cfg = Mamba2Config(d_model=64, n_layer=1, vocab_size=10, d_state=16, headdim=16, ngroups=2, chunk_size=256)
     batch, seqlen = 2, 1024
     asked = analytic.component_costs(cfg, "block", "prefill", batch, seqlen, 4)["ssm"]
-    ran = analytic.component_costs(cfg, "block", "prefill", batch, seqlen, 4, ssd_chunk=64)["ssm"]
-    per_q = 2 * batch * seqlen * (cfg.ngroups * cfg.d_state + cfg.nheads * cfg.headdim)
+    ran = analytic.component_costs(cfg, "block", "prefill", batch, seqlen, 4,
+                                   ssd_tiles=lambda n: (64, cfg.nheads))["ssm"]
+    per_q = 2 * batch * seqlen * (cfg.nheads * cfg.d_state + cfg.nheads * cfg.headdim)
     assert asked.matmul_flops - ran.matmul_flops == (256 - 64) * per_q
     assert ran.bytes == asked.bytes  # the traffic of a fused kernel does not depend on the chunk
-    decode = analytic.component_costs(cfg, "block", "decode", batch, seqlen, 4, ssd_chunk=64)["ssm"]
+    # twice the score tiles (two programs per head): the C B^T term doubles, nothing else moves
+    twice = analytic.component_costs(cfg, "block", "prefill", batch, seqlen, 4,
+                                     ssd_tiles=lambda n: (64, 2 * cfg.nheads))["ssm"]
+    assert twice.matmul_flops - ran.matmul_flops == 2 * 64 * batch * seqlen * cfg.nheads * cfg.d_state
+    decode = analytic.component_costs(cfg, "block", "decode", batch, seqlen, 4,
+                                      ssd_tiles=lambda n: (64, cfg.nheads))["ssm"]
     assert decode == analytic.component_costs(cfg, "block", "decode", batch, seqlen, 4)["ssm"]  # Q = 1 there
+
+
+def test_ssd_tiles_are_passed_each_layers_d_state():
+    # a pruned model's layers keep different state sizes, and the kernel's tile may differ with them
+    cfg = Mamba2Config(d_model=64, n_layer=2, vocab_size=10, d_state=32, headdim=16, chunk_size=256,
+                       d_state_per_layer=[32, 16])
+    seen = []
+    analytic.component_costs(cfg, "model", "prefill", 1, 128, 4, ssd_tiles=lambda n: seen.append(n) or (64, 4))
+    assert seen == [32, 16]

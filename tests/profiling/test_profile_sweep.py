@@ -78,7 +78,7 @@ def test_cpu_ssd_flops_are_counted_at_the_chunk_it_runs(tmp_path):
     rec = next(r for r in run.components if r.component == "ssm")
     chunk = ops.ref_chunk_length(cfg.chunk_size, 96, torch.device("cpu"))
     assert chunk == 64
-    ran = analytic.component_costs(cfg, "block", "prefill", 1, 96, 4, ssd_chunk=chunk)["ssm"]
+    ran = analytic.component_costs(cfg, "block", "prefill", 1, 96, 4, ssd_tiles=lambda n: (chunk, cfg.nheads))["ssm"]
     asked = analytic.component_costs(cfg, "block", "prefill", 1, 96, 4)["ssm"]
     assert rec.flops == ran.flops < asked.flops
 

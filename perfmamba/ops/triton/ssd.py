@@ -437,6 +437,23 @@ def _ssd_configs(headdim: int, n_state: int, chunk_size: int):
     return list(dict.fromkeys(cands))
 
 
+# (BLOCK_T, BLOCK_P) of the latest launch per shape class, for the profiler's cost model (``tiles_run``);
+# the autotuner's trial launches come first, the chosen configuration's last
+_LAUNCHED: dict = {}
+
+
+def _shape_class(bsz: int, seqlen: int, nheads: int, headdim: int, n_state: int) -> tuple:
+    return bsz * nheads, next_pow2(seqlen), headdim, n_state
+
+
+def tiles_run(bsz: int, seqlen: int, nheads: int, headdim: int, n_state: int, chunk_size: int) -> tuple[int, int]:
+    """(BLOCK_T, BLOCK_P) the kernel ran this shape with in this process, else the first candidate it would
+    try: BLOCK_T is the chunk of its in-chunk quadratic form, and each program of BLOCK_P head channels
+    computes its head's C B^T itself."""
+    ran = _LAUNCHED.get(_shape_class(bsz, seqlen, nheads, headdim, n_state))
+    return ran if ran is not None else tuple(_ssd_configs(headdim, n_state, int(chunk_size))[0][:2])
+
+
 def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, initial_states=None,
                return_final_states=False, dt_limit=(0.0, float("inf")), out=None, config=None, splits=None):
     """Same arguments, shapes and results as ``ssd_ref``.
@@ -501,6 +518,7 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
     def launch(cfg):
         block_t, block_p = cfg[0], cfg[1]
         tiles = transposed_tiles(n_state, block_t) if len(cfg) > 4 and cfg[4] else (block_n, block_n2)
+        _LAUNCHED[_shape_class(bsz, seqlen, nheads, headdim, n_state)] = (block_t, block_p)  # the last one wins
         # a head's decay over a segment is one number, exp2 of its summed log2 decay (no coefficient)
         split_l.run_segmented(
             functools.partial(kernel, cfg, tiles),
