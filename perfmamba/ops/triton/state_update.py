@@ -129,17 +129,20 @@ def _split(t: torch.Tensor, dim: int, per: int):
 
 
 def block_config(per: int, n_state: int, mamba1: bool) -> tuple[int, int]:
-    """(BLOCK_P, num_warps) of a decode step: ~2K state elements per program, enough bytes in flight per SM and
-    enough programs for small batches.  Mamba-1 (one dt per channel, and dt_proj's rows when fused) uses
-    M1_BLOCK_P channels per program: its heads are whole groups of D/G channels, so 2K elements would leave
-    batch 1 with a dozen programs.  Smaller tiles with fewer warps timed 10-24% faster per call on an H200
-    (docs/benchmarks/tuning-h200/ssu-sweep.txt) but changed no whole-model decode time measurably, and were
-    not checked on a GPU against the reference; see docs/kernel_notes.md."""
+    """(BLOCK_P, num_warps) of a decode step.
+
+    Mamba-2: about 512 state elements (4 channels x 128 states) per one-warp program.  On an H200 (bf16,
+    2026-12-02, ``tuning-h200/ssu-rule.txt``) that took 0.83-0.97x the per-call time of the former rule
+    (~2K elements with 4 warps) for 16 to 128 states at batch 1, 16 and 64, except 64 states at batch 16
+    (1.02x); mamba2-130m's graph decode took 0.95x the time a token at batch 64 (1.19 against 1.26 ms,
+    medians of three interleaved rounds) and 0.96x at 16 (0.696 against 0.722), batch 1 within the noise.
+    Mamba-1 keeps ~2K elements with 4 warps and at most M1_BLOCK_P channels a program (its heads are whole
+    groups of D/G channels, so 2K elements would leave batch 1 with a dozen programs): one warp made
+    mamba-130m's decode at batch 1 (the fused step, ``mamba1_step``) 1.13x slower in the same run."""
     block_n = max(2, next_pow2(n_state))
-    block_p = max(1, min(next_pow2(per), max(4, 2048 // block_n)))
-    if mamba1:
-        block_p = min(block_p, M1_BLOCK_P)
-    return block_p, 4
+    if not mamba1:
+        return max(1, min(next_pow2(per), 512 // block_n)), 1
+    return min(next_pow2(per), max(4, 2048 // block_n), M1_BLOCK_P), 4
 
 
 def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
