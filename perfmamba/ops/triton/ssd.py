@@ -437,8 +437,8 @@ def _ssd_configs(headdim: int, n_state: int, chunk_size: int):
     return list(dict.fromkeys(cands))
 
 
-# (BLOCK_T, BLOCK_P) of the latest launch per shape class, for the profiler's cost model (``tiles_run``);
-# the autotuner's trial launches come first, the chosen configuration's last
+# (BLOCK_T, BLOCK_P) of the latest call per shape class (the chosen configuration, not the autotuner's
+# trials), for the profiler's cost model (``tiles_run``)
 _LAUNCHED: dict = {}
 
 
@@ -518,7 +518,6 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
     def launch(cfg):
         block_t, block_p = cfg[0], cfg[1]
         tiles = transposed_tiles(n_state, block_t) if len(cfg) > 4 and cfg[4] else (block_n, block_n2)
-        _LAUNCHED[_shape_class(bsz, seqlen, nheads, headdim, n_state)] = (block_t, block_p)  # the last one wins
         # a head's decay over a segment is one number, exp2 of its summed log2 decay (no coefficient)
         split_l.run_segmented(
             functools.partial(kernel, cfg, tiles),
@@ -531,5 +530,6 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
                z is not None, splits, split_l.whole_when_eager(seqlen, split_l.SSD_EAGER_SPLIT_FROM))
         config = pick_config(key, lambda: _ssd_configs(headdim, n_state, int(chunk_size)), launch)
     launch(config)
+    _LAUNCHED[_shape_class(bsz, seqlen, nheads, headdim, n_state)] = tuple(config[:2])
     return (y, final) if return_final_states else y
 
