@@ -78,15 +78,16 @@ class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
         """
         if cache is not None and cache.seqlen_offset > 0:
             return torch.stack([self.step(hidden[:, t], cache) for t in range(hidden.shape[1])], dim=1)
+        keep_padding = length is not None  # the padded rows go on to the next layer
         x, z, seqlen = self.prefill_in_proj(hidden, length)
         x, conv_state = self.prefill_conv(x, seqlen, with_state=cache is not None)
         x_dbl = self.prefill_x_proj(x)
         y, ssm_state = self.prefill_scan(x, self.prefill_dt_proj(x_dbl), x_dbl, z, seqlen,
-                                         keep_padding=length is not None)
+                                         keep_padding=keep_padding)
         if cache is not None:
             cache.conv_states[self.layer_idx].copy_(conv_state)
             cache.ssm_states[self.layer_idx].copy_(ssm_state)
-        return self.prefill_out_proj(y, seqlen, keep_padding=length is not None)
+        return self.prefill_out_proj(y, seqlen, keep_padding=keep_padding)
 
     def prompt_steps(self, seqlen: int, device) -> int:
         """How many steps this mixer runs a prompt of ``seqlen`` tokens as: ``padded_steps`` on the Triton

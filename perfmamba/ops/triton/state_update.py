@@ -128,6 +128,11 @@ def _split(t: torch.Tensor, dim: int, per: int):
     return st[:dim] + [st[dim] * per, st[dim]] + st[dim + 1:]
 
 
+def state_block(n_state: int) -> int:
+    """BLOCK_N of a decode step: the state axis padded to a power of two (at least 2)."""
+    return max(2, next_pow2(n_state))
+
+
 def block_config(per: int, n_state: int, mamba1: bool) -> tuple[int, int]:
     """(BLOCK_P, num_warps) of a decode step.
 
@@ -139,7 +144,7 @@ def block_config(per: int, n_state: int, mamba1: bool) -> tuple[int, int]:
     Mamba-1 keeps ~2K elements with 4 warps and at most M1_BLOCK_P channels a program (its heads are whole
     groups of D/G channels, so 2K elements would leave batch 1 with a dozen programs): one warp made
     mamba-130m's decode at batch 1 (the fused step, ``mamba1_step``) 1.13x slower in the same run."""
-    block_n = max(2, next_pow2(n_state))
+    block_n = state_block(n_state)
     if not mamba1:
         return max(1, min(next_pow2(per), 512 // block_n)), 1
     return min(next_pow2(per), max(4, 2048 // block_n), M1_BLOCK_P), 4
@@ -193,7 +198,7 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
     w = dt_proj_weight
     w_s = _split(w, 0, per) if w is not None else (0, 0, 0)
     rank = w.shape[1] if w is not None else 1
-    block_n = max(2, next_pow2(n_state))
+    block_n = state_block(n_state)
     block_p, num_warps = config if config is not None else block_config(per, n_state, state.dim() == 3)
     grid = (bsz * heads, triton.cdiv(per, block_p))
     s_unit, st_s = state_stride_unit(st_s)
