@@ -123,11 +123,16 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 # 39.7 / 37.8 ms at L = 1024, 222 / 117 / 83 / 96 ms at 2048, and at L = 64, which T = 256 pads to one
 # whole chunk, 22.7 / 5.3 / 1.8 / 2.1 ms; forward + backward at demo-mamba2's heads (8 x 64, N = 64, batch
 # 8, L = 1024) 851 ms at 256 against 305 at 64.  Outputs and gradients differ by ~1e-7 (relative).
+# Not on a GPU, where at batch 1 long chunks won (fewer passes of the chunk loop; not profiled).  On an H200 (bf16,
+# 2026-12-02, docs/benchmarks/tuning-h200/ref-chunk-gpu.txt; medians of three rounds) the same layer at
+# batch 1 took 1.74 / 1.89 / 2.50 / 2.91 ms at L = 1024 and 5.7 / 6.9 / 11.9 / 21.4 ms at 16384 for T =
+# 256 / 128 / 64 / 32; only the largest shape, batch 8 at L = 4096, favoured short chunks (10.8 / 8.0 /
+# 6.9 / 7.7 ms), so on a GPU the caller's chunk_size stands.
 CPU_REF_CHUNK = 64
 
 
 def ref_chunk_length(chunk_size: int, seqlen: int, device: torch.device) -> int:
-    """The chunk length ``ssd`` runs ``ssd_ref`` with: ``chunk_size`` on a GPU (not measured there); on a
+    """The chunk length ``ssd`` runs ``ssd_ref`` with: ``chunk_size`` on a GPU (see CPU_REF_CHUNK); on a
     CPU at most CPU_REF_CHUNK steps, and no longer than the sequence's next power of two (a chunk past the
     end is zero padding that the quadratic form still multiplies)."""
     if device.type != "cpu":
