@@ -26,6 +26,29 @@ from perfmamba.errors import PerfMambaError
 
 BUDGETS = ("uniform", "global")
 
+# A Mamba-2 state size that is not a multiple of 8 ends B's and C's rows inside a 16-byte vector (bf16), and
+# the SSD kernel then loads them in narrower pieces: on an H200 (bf16, 2026-12-01) N = 60 took 1.41x the
+# time of N = 64 at the kernel benchmark's heads (docs/kernel_notes.md, "x's strides too").  Mamba-1's scan
+# covers any size with equal power-of-two state tiles and has no such cliff.
+KERNEL_MULTIPLE = 8
+
+
+def slow_sizes(config, sizes) -> list:
+    """The kept state sizes, sorted, that the GPU kernels run slowly: for Mamba-2 those that are not
+    multiples of KERNEL_MULTIPLE (``--multiple 8`` avoids them); none for Mamba-1."""
+    if config.family != "mamba2":
+        return []
+    return sorted({int(k) for k in sizes if int(k) % KERNEL_MULTIPLE})
+
+
+def slow_sizes_note(sizes: list) -> str:
+    """One line for the prune commands' log about ``slow_sizes`` (empty when there are none)."""
+    if not sizes:
+        return ""
+    return (f"note: kept d_state {', '.join(map(str, sizes))} is not a multiple of {KERNEL_MULTIPLE}; Mamba-2's "
+            f"SSD kernel loads such rows in narrower pieces (on an H200, 60 states took 1.41x the time of 64); "
+            f"--multiple {KERNEL_MULTIPLE} snaps kept sizes to multiples of {KERNEL_MULTIPLE}")
+
 
 def check_ratio(ratio: float) -> float:
     ratio = float(ratio)

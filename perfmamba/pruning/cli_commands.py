@@ -154,7 +154,7 @@ def cmd_prune(args) -> int:
     from perfmamba.models.checkpoint import FORMATS
     from perfmamba.models.summary import cache_bytes_per_sequence
     from perfmamba.pruning import bridge as bridges
-    from perfmamba.pruning.budget import check_ratio
+    from perfmamba.pruning.budget import check_ratio, slow_sizes, slow_sizes_note
     from perfmamba.pruning.pipeline import check_bridge, prune
     from perfmamba.fileio import write_text_atomic
     from perfmamba.pruning.render import prune_markdown
@@ -176,6 +176,9 @@ def cmd_prune(args) -> int:
     result = prune(model, args.method, args.ratio, ids, args.budget, args.multiple, args.bridge, args.seed,
                    args.ridge)
     pruned, keep = result.model, result.keep
+    note = slow_sizes_note(slow_sizes(pruned.config, [k.shape[-1] for k in keep]))  # keep: (G, k) per layer
+    if note:
+        _log(note)
     os.makedirs(args.out, exist_ok=True)
     pruned.save_pretrained(args.out, format=args.format)
     files = ["config.json", "model.safetensors" if args.format == "hf" else "pytorch_model.bin"]
@@ -245,7 +248,7 @@ def cmd_prune_sweep(args) -> int:
     from perfmamba.api import _resolve_dtype
     from perfmamba.fileio import write_json_atomic
     from perfmamba.errors import PerfMambaError
-    from perfmamba.pruning.budget import check_ratio
+    from perfmamba.pruning.budget import check_ratio, slow_sizes, slow_sizes_note, uniform_keep
     from perfmamba.fileio import write_text_atomic
     from perfmamba.pruning.render import sweep_markdown, sweep_plots, write_csv_atomic
     from perfmamba.pruning.scores import METHODS, check_methods
@@ -265,6 +268,11 @@ def cmd_prune_sweep(args) -> int:
     speed_dtype = _resolve_dtype(args.speed_dtype)
     model, device, model_dir = _load(args, None)
     model = model.float()
+    if args.budget == "uniform":  # the kept sizes are known before any score (global ones are not)
+        note = slow_sizes_note(slow_sizes(model.config, [k for r in ratios for k in
+                                                         uniform_keep(model.config, r, args.multiple)]))
+        if note:
+            _log(note)
     ids, calib = _calibration(model, args, model_dir)
     ev = _eval_settings(model, args, model_dir, args.max_bytes)
     speed = None if args.no_speed else SpeedSettings(tuple(lengths), tuple(batches), speed_dtype,

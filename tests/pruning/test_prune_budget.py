@@ -71,3 +71,14 @@ def test_select_takes_each_groups_best_and_breaks_ties_by_index():
     assert idx.tolist() == [[1, 3], [0, 3]]
     (idx,) = budget.select([torch.zeros(1, 4, dtype=torch.float64)], [2])
     assert idx.tolist() == [[0, 1]]
+
+
+def test_slow_sizes_are_mamba2_sizes_off_multiples_of_8():
+    slow_sizes, slow_sizes_note = budget.slow_sizes, budget.slow_sizes_note
+    m2 = Mamba2Config(d_model=64, n_layer=2, vocab_size=256, d_state=64, headdim=16)
+    m1 = Mamba1Config(d_model=64, n_layer=2, vocab_size=256, d_state=16)
+    assert slow_sizes(m2, [60, 56, 60, 12]) == [12, 60]
+    assert slow_sizes(m2, [64, 56, 8]) == []
+    assert slow_sizes(m1, [14, 12, 7]) == []  # the Mamba-1 scan covers these with equal tiles
+    assert slow_sizes_note([]) == ""
+    assert "60" in slow_sizes_note([60]) and "--multiple 8" in slow_sizes_note([60])

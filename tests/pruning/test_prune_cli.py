@@ -92,6 +92,27 @@ def test_prune_sweep_writes_json_csv_markdown_and_plots(setup):
     assert "window by window" in (out / "sweep.md").read_text() and "removed in common" in (out / "sweep.md").read_text()
 
 
+@pytest.mark.parametrize("ratio, slow", [(0.125, True), (0.25, False)])
+def test_prune_notes_mamba2_sizes_the_kernels_run_slowly(setup, ratio, slow, capsys):
+    # m2-g2 has 32 states: 0.125 keeps 28 (not a multiple of 8: the SSD's slow case), 0.25 keeps 24
+    root, text, models = setup
+    rc = main(["prune", models["m2-g2"], "--method", "random", "--ratio", str(ratio), "--eval-bytes", "0",
+               "--out", str(root / f"slow-{ratio}")] + _common(text))
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert ("note: kept d_state 28 is not a multiple of 8" in err) == slow, err
+    assert ("--multiple 8" in err) == slow
+
+
+def test_prune_sweep_notes_slow_sizes_before_calibrating(setup, capsys):
+    root, text, models = setup
+    rc = main(["prune-sweep", models["m2-g2"], "--methods", "random", "--ratios", "0,0.125", "--no-speed",
+               "--max-bytes", "500", "--out", str(root / "sweep-slow")] + _common(text))
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "note: kept d_state 28 is not a multiple of 8" in err, err
+
+
 @pytest.mark.parametrize("argv, words", [
     (["prune", "M", "--ratio", "1.5"], "ratio"),
     (["prune", "M", "--method", "bogus"], "bogus"),
