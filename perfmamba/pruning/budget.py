@@ -45,7 +45,8 @@ def slow_sizes_note(sizes: list) -> str:
     """One line for the prune commands' log about ``slow_sizes`` (empty when there are none)."""
     if not sizes:
         return ""
-    return (f"note: kept d_state {', '.join(map(str, sizes))} is not a multiple of {KERNEL_MULTIPLE}; Mamba-2's "
+    verb = "is" if len(sizes) == 1 else "are"
+    return (f"note: kept d_state {', '.join(map(str, sizes))} {verb} not a multiple of {KERNEL_MULTIPLE}; Mamba-2's "
             f"SSD kernel loads such rows in narrower pieces (on an H200, 60 states took 1.41x the time of 64); "
             f"--multiple {KERNEL_MULTIPLE} snaps kept sizes to multiples of {KERNEL_MULTIPLE}")
 

@@ -81,4 +81,5 @@ def test_slow_sizes_are_mamba2_sizes_off_multiples_of_8():
     assert slow_sizes(m2, [64, 56, 8]) == []
     assert slow_sizes(m1, [14, 12, 7]) == []  # the Mamba-1 scan covers these with equal tiles
     assert slow_sizes_note([]) == ""
-    assert "60" in slow_sizes_note([60]) and "--multiple 8" in slow_sizes_note([60])
+    assert "d_state 60 is not" in slow_sizes_note([60]) and "--multiple 8" in slow_sizes_note([60])
+    assert "d_state 12, 60 are not" in slow_sizes_note([12, 60])
