@@ -26,8 +26,10 @@ from perfmamba.errors import PerfMambaError
 
 BUDGETS = ("uniform", "global")
 
-# A Mamba-2 state size that is not a multiple of 8 ends B's and C's rows inside a 16-byte vector (bf16), and
-# the SSD kernel then loads them in narrower pieces: on an H200 (bf16, 2026-12-01) N = 60 took 1.41x the
+# A Mamba-2 state size that is not a multiple of 8 ends B's and C's rows inside a 16-byte vector in bf16 and
+# fp16 (fp32 rows need only a multiple of 4; the note does not ask which dtype, since a pruned checkpoint is
+# usually run in 16 bits on a GPU whatever it was pruned in), and the SSD kernel then loads them in narrower
+# pieces: on an H200 (bf16, 2026-12-01) N = 60 took 1.41x the
 # time of N = 64 at the kernel benchmark's heads (docs/kernel_notes.md, "x's strides too").  Mamba-1's scan
 # covers any size with equal power-of-two state tiles and has no such cliff.
 KERNEL_MULTIPLE = 8
@@ -47,7 +49,8 @@ def slow_sizes_note(sizes: list) -> str:
         return ""
     verb = "is" if len(sizes) == 1 else "are"
     return (f"note: kept d_state {', '.join(map(str, sizes))} {verb} not a multiple of {KERNEL_MULTIPLE}; Mamba-2's "
-            f"SSD kernel loads such rows in narrower pieces (on an H200, 60 states took 1.41x the time of 64); "
+            f"SSD kernel loads such rows in narrower pieces in bf16 / fp16 (on an H200, 60 states took 1.41x the "
+            f"time of 64); "
             f"--multiple {KERNEL_MULTIPLE} snaps kept sizes to multiples of {KERNEL_MULTIPLE}")
 
 
