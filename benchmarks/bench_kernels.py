@@ -8,7 +8,8 @@ Workloads (bf16 inputs, fp32 state):
   * Mamba-2 SSD, B=8, L=4096, H=24, P=64, G=1, N in {128, 96, 64, 32, 16}, chunk 256, with D, dt_bias, softplus;
   * batch 1, L=16384: split-L against one sequential walk;
   * the Mamba-1 scan at L = 2040 and 2047 against the same call with its strides as they are;
-  * the Mamba-1 scan on channels-last inputs (the step kernel) against the tile kernel, three shapes.
+  * the Mamba-1 scan on channels-last inputs (the step kernel) against the tile kernel, three shapes;
+  * the decode step's linears at 1 and 4 rows (``ops.linear``) against cuBLAS.
 
 Each time is the median of many runs (triton.testing.do_bench: CUDA events, warm-up first).  GB/s counts
 the bytes a single pass must move (every input read once, every output written once); it is compared with
@@ -30,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from perfmamba.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 from perfmamba.models.cuda_graph import capture  # noqa: E402
-from perfmamba.ops import selective_scan, ssd  # noqa: E402
+from perfmamba.ops import linear as ops_linear, selective_scan, ssd  # noqa: E402
 from perfmamba.report.environment import device_tag, git_revision  # noqa: E402
 
 SCAN_SHAPE = dict(bsz=8, seqlen=2048, dim=1536)
@@ -168,6 +169,7 @@ def run_main(records, copy_bw):
     run_batch1(records)
     run_unaligned(records)
     run_channels_last(records)
+    run_decode_linears(records)
     for rec in records:
         rec["GB_per_s"] = rec["bytes"] / (rec["ours_ms"] * 1e-3) / 1e9
         rec["fraction_of_copy_bw"] = rec["bytes"] / (rec["ours_ms"] * 1e-3) / copy_bw
@@ -241,6 +243,27 @@ def run_channels_last(records):
                                 shape=f"B={b} L={L} D={d} N={n_state} bf16, channel stride 1", ours_ms=ours,
                                 reference_ms=tile, reference="ours, tile kernel on channels-first copies",
                                 rel_err_vs_reference=err, bytes=scan_bytes(args, kw), copy_then_tile_ms=copied))
+
+
+def run_decode_linears(records):
+    """The decode step's linears at 1 and 4 rows (``ops.linear``: the faster of cuBLAS and the Triton GEMV,
+    timed once per shape) against cuBLAS (F.linear) on the same operands: the 130m presets' in_proj and
+    out_proj, mamba2-370m's out_proj, and the LM head (which stays with cuBLAS)."""
+    from perfmamba.ops.triton.selective_scan import _TUNED
+    shapes = (("mamba-130m in_proj", 768, 3072), ("mamba2-130m in_proj", 768, 3352),
+              ("130m out_proj", 1536, 768), ("mamba2-370m out_proj", 2048, 1024), ("130m lm_head", 768, 50280))
+    for rows in (1, 4):
+        for name, k, n in shapes:
+            g = torch.Generator(device="cuda").manual_seed(k + n)
+            x = torch.randn(rows, k, device="cuda", generator=g).to(torch.bfloat16)
+            w = (torch.randn(n, k, device="cuda", generator=g) * k ** -0.5).to(torch.bfloat16)
+            ours = bench_device(lambda: ops_linear(x, w, backend="triton"))  # tunes in its warm-up
+            cublas = bench_device(lambda: torch.nn.functional.linear(x, w))
+            err = rel_err(ops_linear(x, w, backend="triton"), torch.nn.functional.linear(x, w))
+            records.append(dict(workload=f"decode linear {name} rows={rows}", shape=f"{rows} x {k} -> {n} bf16",
+                                ours_ms=ours, reference_ms=cublas, reference="cuBLAS (F.linear)",
+                                rel_err_vs_reference=err, bytes=2 * (n * k + rows * (k + n)),
+                                chosen=str(_TUNED.get(("gemv", rows, k, n, torch.bfloat16, False)))))
 
 
 def run_sweep(parts):
@@ -336,7 +359,8 @@ def write_outputs(records, meta, out_dir, tag):
              f"backend (\"ref\") on the same GPU, except for the batch-1 rows, whose reference is our own kernel "
              f"without split-L (one sequential walk per channel block), and the channels-last rows, whose "
              f"reference is our tile kernel on channels-first copies of the same inputs made before timing (the "
-             f"JSON's copy_then_tile_ms: the copies made inside the timed call).  GB/s = bytes a single "
+             f"JSON's copy_then_tile_ms: the copies made inside the timed call), and the decode linears, whose "
+             f"reference is cuBLAS (F.linear; the JSON's chosen: the configuration ops.linear kept).  GB/s = bytes a single "
              f"pass must move / our time.", "",
              "| workload | shape | ours ms | reference | reference ms | ratio (ref/ours) | GB/s | % of copy bw | "
              "mamba_ssm ms |",

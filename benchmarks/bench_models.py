@@ -6,7 +6,8 @@
 2. Whole 130m LMs, batch 1, prefill at L in {1024, 16384}: eager and CUDA-graph captured, with every
    position's logits and with the last position's only (as generate runs it); and at L in {1000, 16383},
    lengths that are not multiples of 16, with the last position's only.
-3. Decode per token (after a 128-token prompt), batch 1 and 16: eager and CUDA graph.
+3. Decode per token (after a 128-token prompt), batch 1, 4 and 16: eager and CUDA graph; at batches 1 and 4
+   also the graph with every linear left to cuBLAS (PERFMAMBA_GEMV=0), beside ours (``ops.linear``).
 mamba_ssm's models are timed beside ours when `mamba_ssm` happens to be importable (never required).
 
     python benchmarks/bench_models.py [--out docs/benchmarks] [--tag h200]
@@ -129,27 +130,48 @@ def bench_prefill(records, model, name, repeats, ssm_model=None):
         print(rec, flush=True)
 
 
+def per_token_ms(model, prompt, use_graph: bool, tokens: int) -> float:
+    """Median over 3 rounds of one decode step's ms: (prefill + N+1 tokens) - (prefill + 1 token), over N."""
+    ms = []
+    for _ in range(3):
+        torch.cuda.synchronize()
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        short_start = torch.cuda.Event(enable_timing=True)
+        short_start.record()
+        model.generate(prompt, max_new_tokens=1, cuda_graph=use_graph)
+        start.record()
+        model.generate(prompt, max_new_tokens=tokens + 1, cuda_graph=use_graph)
+        stop.record()
+        stop.synchronize()
+        ms.append((start.elapsed_time(stop) - short_start.elapsed_time(start)) / tokens)
+    return statistics.median(ms)
+
+
+def graph_ms_with_cublas_linears(model, prompt, tokens: int) -> float:
+    """Graph decode with every linear left to cuBLAS (PERFMAMBA_GEMV=0), captured into a graph of its own;
+    the model's own captured decoders are put back after."""
+    decoders = model.__dict__.pop("_graph_decoders", {})
+    os.environ["PERFMAMBA_GEMV"] = "0"
+    try:
+        model.generate(prompt, max_new_tokens=8, cuda_graph=True)  # captures with cuBLAS linears
+        return per_token_ms(model, prompt, True, tokens)
+    finally:
+        del os.environ["PERFMAMBA_GEMV"]
+        model.__dict__["_graph_decoders"] = decoders
+
+
 def bench_decode(records, model, name, tokens=64):
-    for batch in (1, 16):
+    from perfmamba.ops.triton.gemv import MAX_ROWS
+    for batch in (1, 4, 16):
         prompt = torch.randint(0, model.config.vocab_size, (batch, 128), device="cuda")
         rec = {"workload": f"{name} LM decode", "batch": batch, "prompt": 128}
         for mode, use_graph in (("eager", False), ("graph", True)):
             model.generate(prompt, max_new_tokens=8, cuda_graph=use_graph)  # warm-up (and capture)
-            ms = []
-            for _ in range(3):
-                torch.cuda.synchronize()
-                start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                short_start = torch.cuda.Event(enable_timing=True)
-                short_start.record()
-                model.generate(prompt, max_new_tokens=1, cuda_graph=use_graph)
-                start.record()
-                model.generate(prompt, max_new_tokens=tokens + 1, cuda_graph=use_graph)
-                stop.record()
-                stop.synchronize()
-                # per token: (prefill + N+1 tokens) - (prefill + 1 token), over N tokens
-                ms.append((start.elapsed_time(stop) - short_start.elapsed_time(start)) / tokens)
-            rec[f"{mode}_ms_per_token"] = statistics.median(ms)
+            rec[f"{mode}_ms_per_token"] = per_token_ms(model, prompt, use_graph, tokens)
         rec["ours_ms"] = rec["graph_ms_per_token"]
+        if batch <= MAX_ROWS:  # where ops.linear may take the GEMV: the same graph with cuBLAS, side by side
+            rec["reference"] = "graph, cuBLAS linears"
+            rec["reference_ms"] = graph_ms_with_cublas_linears(model, prompt, tokens)
         rec["state_cache_bytes"] = model.allocate_cache(batch).nbytes()
         records.append(rec)
         print(rec, flush=True)

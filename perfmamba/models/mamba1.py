@@ -14,6 +14,7 @@ from perfmamba.config import Mamba1Config
 from perfmamba.errors import PerfMambaError
 from perfmamba.models.cache import InferenceCache
 from perfmamba.models.init import KeepSsmParamsFp32, dt_bias_init
+from perfmamba.models.projection import project
 
 # With the Triton kernels, prompts run as a multiple of this many steps (Mamba1Mixer.prefill_in_proj): 64
 # 16-bit values are one 128-byte cache line, so that every activation row starts on one
@@ -171,14 +172,14 @@ class Mamba1Mixer(KeepSsmParamsFp32, nn.Module):
         """One token.  hidden: (Bsz, d_model) -> (Bsz, d_model); the layer's cache entries advance in place.
         Between in_proj and out_proj (conv, x_proj, dt_proj, the state update, the gate) it is one op: two
         kernels on the GPU at small batches."""
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (Bsz, D) each
+        x, z = project(self.in_proj, hidden, self.backend).chunk(2, dim=-1)  # (Bsz, D) each
         li = self.layer_idx
         if ops.resolve_backend(self.backend, hidden.device) == "triton":
             self._keep_x_proj_rows_pitched()
         y = ops.mamba1_mixer_step(x, z, cache.conv_states[li], self._conv_weight(), self.conv1d.bias,
                                   self.x_proj.weight, cache.ssm_states[li], self.neg_exp_A(), self.D,
                                   self.dt_proj.weight, self.dt_proj.bias, backend=self.backend)
-        return self.out_proj(y)
+        return project(self.out_proj, y, self.backend)
 
     def _keep_x_proj_rows_pitched(self) -> None:
         """Move x_proj's weight (R + 2N, D) into zeroed storage of ``mamba1_step.row_pitch(R + 2N)`` rows, once,

@@ -13,6 +13,7 @@ from perfmamba.config import Mamba2Config
 from perfmamba.models.cache import InferenceCache
 from perfmamba.models.init import KeepSsmParamsFp32, dt_bias_init
 from perfmamba.models.norm import GatedRMSNorm
+from perfmamba.models.projection import project
 
 
 class Mamba2Mixer(KeepSsmParamsFp32, nn.Module):
@@ -78,7 +79,7 @@ class Mamba2Mixer(KeepSsmParamsFp32, nn.Module):
     def step(self, hidden: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
         """One token.  hidden: (Bsz, d_model) -> (Bsz, d_model); the layer's cache entries advance in place."""
         bsz = hidden.shape[0]
-        z, xbc, dt = self._split_in_proj(self.in_proj(hidden))
+        z, xbc, dt = self._split_in_proj(project(self.in_proj, hidden, self.backend))
         xbc = ops.causal_conv1d_update(xbc, cache.conv_states[self.layer_idx], self._conv_weight(),
                                        self.conv1d.bias, activation="silu", backend=self.backend)
         x, B, C = self._split_xbc(xbc)
@@ -87,4 +88,4 @@ class Mamba2Mixer(KeepSsmParamsFp32, nn.Module):
             B.reshape(bsz, self.ngroups, self.d_state), C.reshape(bsz, self.ngroups, self.d_state),
             D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.config.dt_limit,
             backend=self.backend)  # (Bsz, H, P)
-        return self.out_proj(self.norm(y.reshape(bsz, self.d_inner), z))
+        return project(self.out_proj, self.norm(y.reshape(bsz, self.d_inner), z), self.backend)

@@ -28,7 +28,7 @@ from perfmamba.ops.scan_ref import selective_scan_ref, selective_state_update_re
 BACKENDS = ("auto", "ref", "loop", "triton")
 
 __all__ = ["BACKENDS", "selective_scan", "ssd", "causal_conv1d", "causal_conv1d_update", "selective_state_update",
-           "rms_norm", "add_rms_norm", "mamba1_mixer_step", "resolve_backend", "ssd_tiles",
+           "rms_norm", "add_rms_norm", "mamba1_mixer_step", "linear", "resolve_backend", "ssd_tiles",
            "triton_available", "first_steps"]
 
 
@@ -243,6 +243,15 @@ def add_rms_norm(x, residual, weight, eps, residual_dtype=None, backend="auto"):
     which = resolve_backend(backend, x.device)
     fn = _triton_module().add_rms_norm_triton if which == "triton" else add_rms_norm_ref
     return fn(x, residual, weight, eps, residual_dtype=residual_dtype)
+
+
+def linear(x, weight, bias=None, backend="auto"):
+    """``torch.nn.functional.linear`` for the decode step's projections.  With the Triton backend and 1 to
+    ``gemv.MAX_ROWS`` rows (x (rows, K), weight (N, K)), the faster of cuBLAS and a Triton GEMV for the
+    shape, timed once (``triton/gemv.py``); otherwise, and on the reference backend, F.linear itself."""
+    if resolve_backend(backend, x.device) == "triton":
+        return _triton_module().linear_triton(x, weight, bias)
+    return torch.nn.functional.linear(x, weight, bias)
 
 
 def mamba1_mixer_step(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, ssm_state, A, D, dt_proj_weight,

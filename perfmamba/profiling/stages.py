@@ -23,6 +23,7 @@ from typing import Callable, Optional
 import torch
 
 from perfmamba import ops
+from perfmamba.models.projection import project
 
 
 @dataclass
@@ -74,7 +75,7 @@ def _mamba1_decode(m, cache) -> list:
     li = m.layer_idx
 
     def in_proj(e):
-        x, z = m.in_proj(e["u"]).chunk(2, dim=-1)  # (Bsz, D) each
+        x, z = project(m.in_proj, e["u"], m.backend).chunk(2, dim=-1)  # (Bsz, D) each, as the step runs it
         return {"res": e["res"], "x": x, "z": z}
 
     def conv1d(e):
@@ -93,8 +94,8 @@ def _mamba1_decode(m, cache) -> list:
                                        dt_proj_weight=m.dt_proj.weight, backend=m.backend)
         return {"res": e["res"], "y": y}
 
-    def out_proj(e):
-        return {"res": e["res"], "out": m.out_proj(e["y"])}
+    def out_proj(e):  # as the step runs it
+        return {"res": e["res"], "out": project(m.out_proj, e["y"], m.backend)}
 
     return [("in_proj", in_proj), ("conv1d", conv1d), ("x_proj", x_proj), ("ssm", ssm), ("out_proj", out_proj)]
 
@@ -139,7 +140,7 @@ def _mamba2_decode(m, cache) -> list:
     li = m.layer_idx
 
     def in_proj(e):
-        z, xbc, dt = m._split_in_proj(m.in_proj(e["u"]))
+        z, xbc, dt = m._split_in_proj(project(m.in_proj, e["u"], m.backend))  # as the step runs it
         return {"res": e["res"], "z": z, "xbc": xbc, "dt": dt}
 
     def conv1d(e):
@@ -161,8 +162,8 @@ def _mamba2_decode(m, cache) -> list:
         y = e["y"]
         return {"res": e["res"], "y": m.norm(y.reshape(y.shape[0], m.d_inner), e["z"])}
 
-    def out_proj(e):
-        return {"res": e["res"], "out": m.out_proj(e["y"])}
+    def out_proj(e):  # as the step runs it
+        return {"res": e["res"], "out": project(m.out_proj, e["y"], m.backend)}
 
     return [("in_proj", in_proj), ("conv1d", conv1d), ("ssm", ssm), ("gate_norm", gate_norm),
             ("out_proj", out_proj)]

@@ -82,3 +82,24 @@ def test_cuda_graph_prefill_equals_eager(cpu_model):
     other = torch.randint(0, 512, (2, 1023), device="cuda")
     with torch.inference_mode():
         assert rel_err(graph(other), model(other)) < 1e-2  # the replay reads the new input
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_decode_with_the_gemv_linears(cpu_model, batch, monkeypatch):
+    # the step's in_proj / out_proj forced onto the Triton GEMV (triton/gemv.py; with autotuning off, as in
+    # the tests, cuBLAS runs them): a step's logits equal cuBLAS's within bf16 rounding, and CUDA-graph
+    # decode equals eager decode with it
+    from perfmamba.ops.triton import gemv
+    model = MambaLM(cpu_model.config).cuda().to(torch.bfloat16)
+    model.load_state_dict(cpu_model.state_dict())
+    ids = torch.randint(0, 512, (batch, 17), device="cuda")
+    with torch.inference_mode():
+        cache = model.allocate_cache(batch)
+        model(ids, cache)
+        gemv_cache = copy.deepcopy(cache)
+        with_cublas = model.step(ids[:, -1], cache)
+        monkeypatch.setattr(gemv, "gemv_configs", lambda k: [(8, min(512, gemv.next_pow2(k)), 4, 2)])
+        with_gemv = model.step(ids[:, -1], gemv_cache)
+    assert rel_err(with_gemv, with_cublas) < 1e-2
+    eager = model.generate(ids, max_new_tokens=24, cuda_graph=False)
+    assert torch.equal(model.generate(ids, max_new_tokens=24, cuda_graph=True), eager)

@@ -19,7 +19,7 @@ CUDA = torch.cuda.is_available()
 _ENV_BEFORE = os.environ.get("TRITON_INTERPRET")
 _TRITON_ALREADY_IMPORTED = "triton" in sys.modules
 _KERNEL_MODULES = ("selective_scan", "split", "scan_steps", "ssd", "conv1d", "state_update", "rms_norm",
-                   "mamba1_step")
+                   "mamba1_step", "gemv")
 
 
 def _restore_env():
