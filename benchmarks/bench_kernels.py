@@ -9,7 +9,7 @@ Workloads (bf16 inputs, fp32 state):
   * batch 1, L=16384: split-L against one sequential walk;
   * the Mamba-1 scan at L = 2040 and 2047 against the same call with its strides as they are;
   * the Mamba-1 scan on channels-last inputs (the step kernel) against the tile kernel, three shapes;
-  * the decode step's linears at 1 and 4 rows (``ops.linear``) against cuBLAS.
+  * the decode step's linears at 1 and 2 rows (``ops.linear``) against cuBLAS.
 
 Each time is the median of many runs (triton.testing.do_bench: CUDA events, warm-up first).  GB/s counts
 the bytes a single pass must move (every input read once, every output written once); it is compared with
@@ -246,13 +246,13 @@ def run_channels_last(records):
 
 
 def run_decode_linears(records):
-    """The decode step's linears at 1 and 4 rows (``ops.linear``: the faster of cuBLAS and the Triton GEMV,
+    """The decode step's linears at 1 and 2 rows (``ops.linear``: the faster of cuBLAS and the Triton GEMV,
     timed once per shape) against cuBLAS (F.linear) on the same operands: the 130m presets' in_proj and
     out_proj, mamba2-370m's out_proj, and the LM head (which stays with cuBLAS)."""
     from perfmamba.ops.triton.selective_scan import _TUNED
     shapes = (("mamba-130m in_proj", 768, 3072), ("mamba2-130m in_proj", 768, 3352),
               ("130m out_proj", 1536, 768), ("mamba2-370m out_proj", 2048, 1024), ("130m lm_head", 768, 50280))
-    for rows in (1, 4):
+    for rows in (1, 2):
         for name, k, n in shapes:
             g = torch.Generator(device="cuda").manual_seed(k + n)
             x = torch.randn(rows, k, device="cuda", generator=g).to(torch.bfloat16)

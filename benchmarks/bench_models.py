@@ -6,7 +6,7 @@
 2. Whole 130m LMs, batch 1, prefill at L in {1024, 16384}: eager and CUDA-graph captured, with every
    position's logits and with the last position's only (as generate runs it); and at L in {1000, 16383},
    lengths that are not multiples of 16, with the last position's only.
-3. Decode per token (after a 128-token prompt), batch 1, 4 and 16: eager and CUDA graph; at batches 1 and 4
+3. Decode per token (after a 128-token prompt), batch 1, 2 and 16: eager and CUDA graph; at batches 1 and 2
    also the graph with every linear left to cuBLAS (PERFMAMBA_GEMV=0), beside ours (``ops.linear``).
 mamba_ssm's models are timed beside ours when `mamba_ssm` happens to be importable (never required).
 
@@ -162,7 +162,7 @@ def graph_ms_with_cublas_linears(model, prompt, tokens: int) -> float:
 
 def bench_decode(records, model, name, tokens=64):
     from perfmamba.ops.triton.gemv import MAX_ROWS
-    for batch in (1, 4, 16):
+    for batch in (1, 2, 16):
         prompt = torch.randint(0, model.config.vocab_size, (batch, 128), device="cuda")
         rec = {"workload": f"{name} LM decode", "batch": batch, "prompt": 128}
         for mode, use_graph in (("eager", False), ("graph", True)):

@@ -247,7 +247,7 @@ def add_rms_norm(x, residual, weight, eps, residual_dtype=None, backend="auto"):
 
 def linear(x, weight, bias=None, backend="auto"):
     """``torch.nn.functional.linear`` for the decode step's projections.  With the Triton backend and 1 to
-    ``gemv.MAX_ROWS`` rows (x (rows, K), weight (N, K)), the faster of cuBLAS and a Triton GEMV for the
+    ``gemv.MAX_ROWS`` (2) rows (x (rows, K), weight (N, K)), the faster of cuBLAS and a Triton GEMV for the
     shape, timed once (``triton/gemv.py``); otherwise, and on the reference backend, F.linear itself."""
     if resolve_backend(backend, x.device) == "triton":
         return _triton_module().linear_triton(x, weight, bias)

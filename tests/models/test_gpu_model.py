@@ -84,7 +84,7 @@ def test_cuda_graph_prefill_equals_eager(cpu_model):
         assert rel_err(graph(other), model(other)) < 1e-2  # the replay reads the new input
 
 
-@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("batch", [1, 2])
 def test_decode_with_the_gemv_linears(cpu_model, batch, monkeypatch):
     # the step's in_proj / out_proj forced onto the Triton GEMV (triton/gemv.py; with autotuning off, as in
     # the tests, cuBLAS runs them): a step's logits equal cuBLAS's within bf16 rounding, and CUDA-graph

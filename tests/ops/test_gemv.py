@@ -30,10 +30,14 @@ def check_gemv(rows, k, n, dtype, device, tol, config, bias=True, row_pitch=None
 @interpreted
 class TestGemvInterpreted:
     @pytest.mark.parametrize("rows,k,n,bias,pitch", [(1, 70, 9, True, None), (2, 130, 33, False, None),
-                                                    (3, 64, 1, True, 80), (4, 5, 17, False, None)])
-    def test_against_linear(self, rows, k, n, bias, pitch):
+                                                    (2, 64, 1, True, 80), (1, 5, 17, False, None),
+                                                    (3, 40, 12, True, None)])
+    def test_against_linear(self, rows, k, n, bias, pitch, monkeypatch):
         # K past one 64-wide piece (70, 130) and inside one (5); N past the 4-row tiles (9, 33, 17) and 1;
-        # rows padded to the next power of two (3); x's rows 80 apart (a slice of a wider row)
+        # x's rows 80 apart (a slice of a wider row); 3 rows padded to 4 in the kernel (which the dispatch
+        # gives it only up to MAX_ROWS = 2 rows, hence the patch)
+        from perfmamba.ops.triton import gemv
+        monkeypatch.setattr(gemv, "MAX_ROWS", 4)
         check_gemv(rows, k, n, torch.float32, "cpu", 1e-5, (4, 64, 1, 1), bias=bias, row_pitch=pitch)
 
     def test_dispatch_takes_the_gemv(self):
@@ -49,11 +53,11 @@ def test_reference_backend_is_linear_itself():
     assert torch.equal(ops.linear(x, w, b, backend="ref"), torch.nn.functional.linear(x, w, b))
 
 
-@pytest.mark.parametrize("case", ["five rows", "column-major weight", "strided columns", "records grad",
+@pytest.mark.parametrize("case", ["three rows", "column-major weight", "strided columns", "records grad",
                                   "mixed dtypes"])
 def test_operands_the_gemv_does_not_take_are_left_to_linear(case):
     from perfmamba.ops.triton import gemv
-    x, w, b = operands(5 if case == "five rows" else 2, 32, 24, torch.float32, "cpu")
+    x, w, b = operands(3 if case == "three rows" else 2, 32, 24, torch.float32, "cpu")
     if case == "column-major weight":
         w = w.t().contiguous().t()
     elif case == "strided columns":
@@ -77,11 +81,11 @@ def test_operands_the_gemv_does_not_take_are_left_to_linear(case):
 class TestGemvOnGPU:
     # the decode shapes of mamba-130m / mamba2-130m (in_proj, out_proj) and odd ones
     @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2), (torch.float16, 1e-2)])
-    @pytest.mark.parametrize("rows,k,n", [(1, 768, 3352), (1, 1536, 768), (3, 1000, 777), (4, 256, 1160)])
+    @pytest.mark.parametrize("rows,k,n", [(1, 768, 3352), (1, 1536, 768), (2, 1000, 777), (2, 256, 1160)])
     def test_every_tile_against_linear(self, dtype, tol, rows, k, n):
         from perfmamba.ops.triton import gemv
         for config in gemv.gemv_configs(k):
-            check_gemv(rows, k, n, dtype, "cuda", tol, config, bias=rows % 2 == 1)
+            check_gemv(rows, k, n, dtype, "cuda", tol, config, bias=k % 3 == 0)
 
     def test_the_tuned_choice_is_kept_and_repeats_its_numbers(self, monkeypatch):
         # with autotuning on, the first call times cuBLAS and the tiles; every later call makes the same

@@ -1,10 +1,10 @@
 """The decode step's linear layers at a few rows: y = x W^T (+ bias) as a Triton GEMV, or cuBLAS, whichever
 is faster for the shape.
 
-At one to four rows a linear layer is a read of its weight, and cuBLAS's kernels for those shapes read it
+At one or two rows a linear layer is a read of its weight, and cuBLAS's kernels for those shapes read it
 slowly where the weight has more columns than rows: on an H200 (bf16, device time from CUDA-graph
 replays, 2026-12-02; ``docs/kernel_notes.md``, "Decode linears") mamba-130m's out_proj (768 x 1536) took
-5.7 us against 3.1 us here, mamba-370m's (1024 x 2048) 11.8 against 3.8 us, while for in_proj (3352 x 768)
+5.7 us against 3.1 us here, mamba2-370m's (1024 x 2048) 11.8 against 3.8 us, while for in_proj (3352 x 768)
 and the LM head (50280 x 768) cuBLAS was as fast or faster (3.5 against 3.8 us, 22 against 30 us).  So
 ``linear_triton`` times cuBLAS beside a few GEMV tiles once per shape (``pick_config``) and keeps the
 faster; eager calls and CUDA-graph replays make the same choice, so both compute the same numbers.
@@ -25,7 +25,10 @@ import triton.language as tl
 
 from perfmamba.ops.triton.selective_scan import interpreting, next_pow2, pick_config
 
-MAX_ROWS = 4  # past 4 rows the GEMV re-reads W per row group and cuBLAS's GEMMs win (measured at 4)
+# Whole-model graph decode on an H200 with the GEMV against cuBLAS for every linear (five interleaved rounds,
+# tuning-h200/gemv-decode-rounds.txt): mamba-130m / mamba2-130m 1.091x / 1.076x at batch 1, 1.054x / 1.030x
+# at 2, 1.005x / 0.990x at 4, though out_proj alone still timed faster at 4 rows (5.5 against 5.7 us).
+MAX_ROWS = 2
 CUBLAS = "cublas"
 
 
@@ -64,8 +67,8 @@ def gemv_applies(x, weight, bias=None) -> bool:
 
 def gemv_configs(k: int) -> list:
     """cuBLAS and the GEMV tiles (BLOCK_N, BLOCK_K, num_warps, num_stages) worth timing for K columns: the
-    fastest of a sweep over 8 to 64 rows, 128 to 512 columns and 2 to 8 warps at the shapes above (4 rows
-    for narrow outputs, 8 for in_proj-like ones, 16 for the LM head).  Under the interpreter the GEMV comes
+    fastest of a sweep over 4 to 64 rows of W, 128 to 512 columns and 2 to 8 warps at the shapes above
+    (``tuning-h200/gemv-sweep.txt``: 4 rows for narrow outputs, 8 for in_proj-like ones, 16 for the LM head).  Under the interpreter the GEMV comes
     first (``pick_config`` takes the first there), with short pieces so that K spans several."""
     if interpreting():
         return [(4, min(64, next_pow2(k)), 1, 1), CUBLAS]
