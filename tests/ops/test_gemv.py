@@ -54,7 +54,7 @@ def test_reference_backend_is_linear_itself():
 
 
 @pytest.mark.parametrize("case", ["three rows", "column-major weight", "strided columns", "records grad",
-                                  "mixed dtypes"])
+                                  "mixed dtypes", "empty weight"])
 def test_operands_the_gemv_does_not_take_are_left_to_linear(case):
     from perfmamba.ops.triton import gemv
     x, w, b = operands(3 if case == "three rows" else 2, 32, 24, torch.float32, "cpu")
@@ -66,6 +66,8 @@ def test_operands_the_gemv_does_not_take_are_left_to_linear(case):
         w.requires_grad_(True)
     elif case == "mixed dtypes":
         b = b.double()
+    elif case == "empty weight":
+        w, b = w[:0], b[:0]
     assert not gemv.gemv_applies(x, w, b)
     if case == "mixed dtypes":
         with pytest.raises(RuntimeError):  # F.linear's own error, unchanged

@@ -56,9 +56,11 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, rows, K, N, s_xr, s_wn, s_yr,
 
 def gemv_applies(x, weight, bias=None) -> bool:
     """Whether ``linear_triton`` may run the GEMV on these operands: 1 to MAX_ROWS rows with contiguous
-    rows of x and W, one dtype, and nothing for autograd to record (the kernel has no backward)."""
+    rows of x and of a non-empty W, one dtype and device, and nothing for autograd to record (the kernel
+    has no backward)."""
     return (x.dim() == 2 and 1 <= x.shape[0] <= MAX_ROWS and weight.dim() == 2 and x.shape[1] == weight.shape[1]
-            and x.stride(1) == 1 and weight.stride(1) == 1 and x.dtype == weight.dtype
+            and weight.numel() > 0 and x.stride(1) == 1 and weight.stride(1) == 1 and x.dtype == weight.dtype
+            and x.device == weight.device
             and (bias is None or (bias.dtype == x.dtype and tuple(bias.shape) == (weight.shape[0],)
                                   and bias.stride(0) == 1))
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
@@ -68,8 +70,9 @@ def gemv_applies(x, weight, bias=None) -> bool:
 def gemv_configs(k: int) -> list:
     """cuBLAS and the GEMV tiles (BLOCK_N, BLOCK_K, num_warps, num_stages) worth timing for K columns: the
     fastest of a sweep over 4 to 64 rows of W, 128 to 512 columns and 2 to 8 warps at the shapes above
-    (``tuning-h200/gemv-sweep.txt``: 4 rows for narrow outputs, 8 for in_proj-like ones, 16 for the LM head).  Under the interpreter the GEMV comes
-    first (``pick_config`` takes the first there), with short pieces so that K spans several."""
+    (``tuning-h200/gemv-sweep.txt``: 4 rows for narrow outputs, 8 for in_proj-like ones, 16 for the LM
+    head).  Under the interpreter the GEMV comes first (``pick_config`` takes the first there), with short
+    pieces so that K spans several."""
     if interpreting():
         return [(4, min(64, next_pow2(k)), 1, 1), CUBLAS]
     block_k = min(512, max(16, next_pow2(k)))
