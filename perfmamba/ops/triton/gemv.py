@@ -87,24 +87,20 @@ def linear_triton(x, weight, bias=None, out=None, config=None):
         return torch.nn.functional.linear(x, weight, bias)
     rows, k = x.shape
     n = weight.shape[0]
-    result = []
 
-    def launch(cfg):
-        result.clear()
+    def launch(cfg):  # returns y (pick_config's timing runs ignore it)
         if cfg == CUBLAS:
             y = torch.nn.functional.linear(x, weight, bias)
-            result.append(out.copy_(y) if out is not None else y)
-            return
+            return out.copy_(y) if out is not None else y
         block_n, block_k, num_warps, num_stages = cfg
         y = out if out is not None else torch.empty(rows, n, device=x.device, dtype=x.dtype)
         _gemv_kernel[(triton.cdiv(n, block_n),)](
             x, weight, bias if bias is not None else weight, y, rows, k, n, x.stride(0), weight.stride(0),
             y.stride(0), HAS_BIAS=bias is not None, ROWS=next_pow2(rows), BLOCK_N=block_n, BLOCK_K=block_k,
             num_warps=num_warps, num_stages=num_stages)
-        result.append(y)
+        return y
 
     if config is None:
         key = ("gemv", rows, k, n, x.dtype, bias is not None)
         config = pick_config(key, lambda: gemv_configs(k), launch)
-    launch(config)
-    return result[0]
+    return launch(config)

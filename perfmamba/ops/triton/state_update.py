@@ -133,8 +133,8 @@ def state_block(n_state: int) -> int:
     return max(2, next_pow2(n_state))
 
 
-def block_config(per: int, n_state: int, mamba1: bool) -> tuple[int, int]:
-    """(BLOCK_P, num_warps) of a decode step.
+def block_config(per: int, block_n: int, mamba1: bool) -> tuple[int, int]:
+    """(BLOCK_P, num_warps) of a decode step whose state tile is ``block_n`` (``state_block``) wide.
 
     Mamba-2: about 512 state elements (4 channels x 128 states) per one-warp program.  On an H200 (bf16,
     2026-12-02, ``tuning-h200/ssu-rule.txt``) that took 0.83-0.97x the per-call time of the former rule
@@ -144,7 +144,6 @@ def block_config(per: int, n_state: int, mamba1: bool) -> tuple[int, int]:
     Mamba-1 keeps ~2K elements with 4 warps and at most M1_BLOCK_P channels a program (its heads are whole
     groups of D/G channels, so 2K elements would leave batch 1 with a dozen programs): one warp made
     mamba-130m's decode at batch 1 (the fused step, ``mamba1_step``) 1.13x slower in the same run."""
-    block_n = state_block(n_state)
     if not mamba1:
         return max(1, min(next_pow2(per), 512 // block_n)), 1
     return min(next_pow2(per), max(4, 2048 // block_n), M1_BLOCK_P), 4
@@ -199,7 +198,7 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
     w_s = _split(w, 0, per) if w is not None else (0, 0, 0)
     rank = w.shape[1] if w is not None else 1
     block_n = state_block(n_state)
-    block_p, num_warps = config if config is not None else block_config(per, n_state, state.dim() == 3)
+    block_p, num_warps = config if config is not None else block_config(per, block_n, state.dim() == 3)
     grid = (bsz * heads, triton.cdiv(per, block_p))
     s_unit, st_s = state_stride_unit(st_s)
     _state_update_kernel[grid](
