@@ -183,7 +183,7 @@ def mixer_rows_inputs(n_state, packed, shape=SSD_SHAPE, seed=0):
     in_proj-sized buffer, into line-aligned rows (``ops.mamba2_conv1d``) or, with ``packed``, into the
     packed row (``ops.causal_conv1d``, the mixer before 2026-12-03).  Also returns the conv call."""
     from perfmamba.ops import causal_conv1d, mamba2_conv1d
-    from perfmamba.ops.xbc_rows import packed_rows
+    from perfmamba.ops.xbc_layout import packed_rows
     s = shape
     di, g, n = s["nheads"] * s["headdim"], s["ngroups"], n_state
     conv_dim = di + 2 * g * n

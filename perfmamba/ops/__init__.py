@@ -24,7 +24,7 @@ from perfmamba.ops.norm_ref import add_rms_norm_ref, rms_norm_ref
 from perfmamba.ops.scan_blocked import selective_scan_blocked
 from perfmamba.ops.scan_chunked import selective_scan_chunked
 from perfmamba.ops.scan_ref import selective_scan_ref, selective_state_update_ref, ssd_loop_ref, ssd_ref
-from perfmamba.ops.xbc_rows import packed_rows, xbc_rows
+from perfmamba.ops.xbc_layout import packed_rows, xbc_rows
 
 BACKENDS = ("auto", "ref", "loop", "triton")
 
@@ -189,7 +189,7 @@ def mamba2_conv1d(xbc, weight, bias, d_inner, ngroups, d_state, backend="auto"):
     """Mamba-2's conv1d + SiLU over in_proj's xBC slice, split.  xbc: (Bsz, L, d_inner + 2 G N); weight
     (d_inner + 2 G N, W).  Returns x (Bsz, L, d_inner), B and C (Bsz, L, G, N) and the final conv state
     (Bsz, d_inner + 2 G N, W).  On the Triton path x, B and C are views of one buffer whose B and C rows
-    start on cache lines (``perfmamba.ops.xbc_rows``: the SSD reads them faster); elsewhere of the packed
+    start on cache lines (``perfmamba.ops.xbc_layout``: the SSD reads them faster); elsewhere of the packed
     conv output."""
     conv_dim = d_inner + 2 * ngroups * d_state
     if (xbc.dim() != 3 or xbc.shape[-1] != conv_dim or weight.dim() != 2 or weight.shape[0] != conv_dim

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from perfmamba.ops.triton.alignment import unit_of
 from perfmamba.ops.triton.selective_scan import interpreting, next_pow2
-from perfmamba.ops.xbc_rows import SEGMENT
+from perfmamba.ops.xbc_layout import SEGMENT
 
 
 @triton.jit
@@ -41,7 +41,7 @@ def _causal_conv1d_kernel(
     if SEGMENTED:
         # Programs walk y's columns, BLOCK_D at a time.  Channels below ``head`` sit at their own column;
         # the rest come in segments of ``seg`` channels, each at the start of ``seg_stride`` columns from
-        # ``tail_offset`` on (xbc_rows.XbcRows).  Every boundary is a multiple of BLOCK_D, so a program's
+        # ``tail_offset`` on (xbc_layout.XbcRows).  Every boundary is a multiple of BLOCK_D, so a program's
         # channels are consecutive and its stores whole aligned vectors.  ``seg`` arrives divided by
         # SEG_UNIT, so that the compiler knows the channels' alignment (alignment.py).
         col0 = pid_d * BLOCK_D
@@ -152,7 +152,7 @@ def causal_conv1d_triton(x, weight, bias=None, activation=None, return_final_sta
 
 
 def causal_conv1d_rows_triton(x, weight, bias, rows, activation="silu", out=None):
-    """Mamba-2's conv over xBC into line-aligned rows (``perfmamba.ops.xbc_rows``), one launch.
+    """Mamba-2's conv over xBC into line-aligned rows (``perfmamba.ops.xbc_layout``), one launch.
 
     x: (Bsz, conv_dim, L), any strides; weight: (conv_dim, W).  Returns (buf, state): buf (Bsz, L,
     rows.row) in x's dtype (``out`` when given), its unused columns unwritten, and the final conv state

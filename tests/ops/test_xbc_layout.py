@@ -1,4 +1,4 @@
-"""Mamba-2's conv output in line-aligned rows (``perfmamba.ops.xbc_rows``, ``ops.mamba2_conv1d``): the
+"""Mamba-2's conv output in line-aligned rows (``perfmamba.ops.xbc_layout``, ``ops.mamba2_conv1d``): the
 layout's offsets, the segmented conv kernel against the reference conv (every element of x, B, C written,
 the unused columns left alone), and a Mamba-2 LM whose d_state leaves the packed row unaligned giving
 the reference's logits, states and decode on the Triton path."""
@@ -9,7 +9,7 @@ from kernel_harness import CUDA, interpreted, interpreter_env, ops, rel_err  # n
 
 from perfmamba import Mamba2Config, MambaLM
 from perfmamba.errors import PerfMambaError
-from perfmamba.ops.xbc_rows import PAD_ABOVE_BYTES, SEGMENT, packed_rows, xbc_rows
+from perfmamba.ops.xbc_layout import PAD_ABOVE_BYTES, SEGMENT, packed_rows, xbc_rows
 
 
 @pytest.mark.parametrize("d_inner,ngroups,d_state,element_size", [(1536, 1, 96, 2), (512, 2, 56, 2),
