@@ -166,7 +166,6 @@ def run_main(records, copy_bw):
             rec["mamba_ssm_ms"] = bench(lambda: ms_fns[1](x, dt, A, B, C, cs, D=kw["D"], dt_bias=kw["dt_bias"],
                                                           dt_softplus=True))
         records.append(rec)
-    run_mixer_rows(records)
     run_batch1(records)
     run_unaligned(records)
     run_channels_last(records)
@@ -176,51 +175,6 @@ def run_main(records, copy_bw):
         rec["fraction_of_copy_bw"] = rec["bytes"] / (rec["ours_ms"] * 1e-3) / copy_bw
         if rec.get("reference_ms"):
             rec["speedup_vs_reference"] = rec["reference_ms"] / rec["ours_ms"]
-
-
-def mixer_rows_inputs(n_state, packed, shape=SSD_SHAPE, seed=0):
-    """The SSD's inputs with x, B, C as the Mamba-2 mixer hands them over: conv1d + SiLU over a slice of an
-    in_proj-sized buffer, into line-aligned rows (``ops.mamba2_conv1d``) or, with ``packed``, into the
-    packed row (``ops.causal_conv1d``, the mixer before 2026-12-03).  Also returns the conv call."""
-    from perfmamba.ops import causal_conv1d, mamba2_conv1d
-    from perfmamba.ops.xbc_layout import packed_rows
-    s = shape
-    di, g, n = s["nheads"] * s["headdim"], s["ngroups"], n_state
-    conv_dim = di + 2 * g * n
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    wide = torch.randn(s["bsz"], s["seqlen"], 2 * di + 2 * g * n + s["nheads"], device="cuda", generator=gen)
-    xbc = wide.to(torch.bfloat16)[..., di:di + conv_dim]
-    w = torch.randn(conv_dim, 4, device="cuda", generator=gen) * 0.5
-    bias = torch.randn(conv_dim, device="cuda", generator=gen) * 0.1
-    if packed:
-        def conv():
-            y = causal_conv1d(xbc.transpose(1, 2), w, bias, "silu", True, backend="triton")[0]
-            return packed_rows(di, g, n).split(y.transpose(1, 2))
-    else:
-        def conv():
-            return mamba2_conv1d(xbc, w, bias, di, g, n, backend="triton")[:3]
-    x, B, C = conv()
-    (_, dt, A, _, _, chunk), kw = ssd_inputs(n_state, shape=shape, seed=seed)
-    return (x.unflatten(-1, (s["nheads"], s["headdim"])), dt, A, B, C, chunk), kw, conv
-
-
-def run_mixer_rows(records):
-    """The target SSD shape with x, B, C in the mixer's conv-output rows (B and C rows on cache lines),
-    against the same values in contiguous tensors; the JSON's packed_row_ms: in the packed row (the mixer
-    before), conv_ms / conv_packed_ms: the conv into each row."""
-    for n_state in (128, 96, 64, 32):
-        args, kw, conv = mixer_rows_inputs(n_state, packed=False)
-        pargs, pkw, pconv = mixer_rows_inputs(n_state, packed=True)
-        cargs = tuple(t.contiguous() if torch.is_tensor(t) else t for t in args)
-        err = rel_err(ssd(*args, **kw, backend="triton"), ssd(*cargs, **kw, backend="triton"))
-        ours = bench_device(lambda: ssd(*args, **kw, backend="triton"))
-        contiguous = bench_device(lambda: ssd(*cargs, **kw, backend="triton"))
-        packed = bench_device(lambda: ssd(*pargs, **pkw, backend="triton"))
-        records.append(dict(workload=f"mamba2_ssd mixer rows N={n_state}",
-                            shape=f"B=8 L=4096 H=24 P=64 G=1 N={n_state} chunk=256 bf16, x B C in conv rows",
-                            ours_ms=ours, reference_ms=contiguous, reference="ours, contiguous x, B, C",
-                            rel_err_vs_reference=err, bytes=ssd_bytes(args, kw), packed_row_ms=packed,
-                            conv_ms=bench_device(conv), conv_packed_ms=bench_device(pconv)))
 
 
 def run_batch1(records):
@@ -406,10 +360,7 @@ def write_outputs(records, meta, out_dir, tag):
              f"without split-L (one sequential walk per channel block), and the channels-last rows, whose "
              f"reference is our tile kernel on channels-first copies of the same inputs made before timing (the "
              f"JSON's copy_then_tile_ms: the copies made inside the timed call), and the decode linears, whose "
-             f"reference is cuBLAS (F.linear; the JSON's chosen: the configuration ops.linear kept), and the SSD in "
-             f"the mixer's rows (x, B, C as views of the conv output, B and C rows on cache lines), whose reference "
-             f"is the same SSD on contiguous copies (the JSON's packed_row_ms: in the packed conv-output row).  "
-             f"GB/s = bytes a single "
+             f"reference is cuBLAS (F.linear; the JSON's chosen: the configuration ops.linear kept).  GB/s = bytes a single "
              f"pass must move / our time.", "",
              "| workload | shape | ours ms | reference | reference ms | ratio (ref/ours) | GB/s | % of copy bw | "
              "mamba_ssm ms |",
@@ -433,8 +384,6 @@ def write_outputs(records, meta, out_dir, tag):
     if "mamba2_ssd N=128" in by:
         checks.append(("Mamba-2 SSD N=128 <= 0.30 ms", by["mamba2_ssd N=128"] <= 0.30, f"{by['mamba2_ssd N=128']:.3f} ms"))
     checks += order_check(by, "Mamba-2 SSD time non-increasing", "mamba2_ssd", (128, 96, 64, 32), strict=False)
-    checks += order_check(by, "Mamba-2 SSD in the mixer's rows time non-increasing", "mamba2_ssd mixer rows",
-                          (128, 96, 64, 32), strict=False)
     lines += ["", f"Targets ({meta['device']}, bf16; the issue states them for an H100):", "",
               "| target | met | measured |", "| --- | --- | --- |"]
     lines += [f"| {name} | {'yes' if ok else 'NO'} | {val} |" for name, ok, val in checks]

@@ -56,22 +56,20 @@ class Mamba2Mixer(KeepSsmParamsFp32, nn.Module):
         gn = self.ngroups * self.d_state
         return torch.split(xbc, [self.d_inner, gn, gn], dim=-1)
 
-    def conv_xbc(self, xbc: torch.Tensor):
-        """conv1d + SiLU over in_proj's (Bsz, L, conv_dim) xBC slice: x (Bsz, L, d_inner), B and C (Bsz, L,
-        G, N) and the final conv state (``ops.mamba2_conv1d``; on a GPU B and C rows start on cache lines)."""
-        return ops.mamba2_conv1d(xbc, self._conv_weight(), self.conv1d.bias, self.d_inner, self.ngroups,
-                                 self.d_state, backend=self.backend)
-
     def forward(self, hidden: torch.Tensor, cache: Optional[InferenceCache] = None) -> torch.Tensor:
         """hidden: (Bsz, L, d_model) -> (Bsz, L, d_model).  With a fresh cache, its states are filled."""
         if cache is not None and cache.seqlen_offset > 0:
             return torch.stack([self.step(hidden[:, t], cache) for t in range(hidden.shape[1])], dim=1)
         bsz, seqlen, _ = hidden.shape
         z, xbc, dt = self._split_in_proj(self.in_proj(hidden))  # (Bsz, L, d_inner | conv_dim | H)
-        x, B, C, conv_state = self.conv_xbc(xbc)
+        xbc, conv_state = ops.causal_conv1d(xbc.transpose(1, 2), self._conv_weight(), self.conv1d.bias,
+                                            activation="silu", return_final_state=True, backend=self.backend)
+        x, B, C = self._split_xbc(xbc.transpose(1, 2))  # (Bsz, L, d_inner), (Bsz, L, G*N) x2
         y, ssm_state = ops.ssd(
-            x.reshape(bsz, seqlen, self.nheads, self.headdim), dt, self.neg_exp_A(), B, C, self.config.chunk_size,
-            D=self.D, dt_bias=self.dt_bias, dt_softplus=True, return_final_states=True, dt_limit=self.config.dt_limit, backend=self.backend)
+            x.reshape(bsz, seqlen, self.nheads, self.headdim), dt, self.neg_exp_A(),
+            B.reshape(bsz, seqlen, self.ngroups, self.d_state), C.reshape(bsz, seqlen, self.ngroups, self.d_state),
+            self.config.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
+            return_final_states=True, dt_limit=self.config.dt_limit, backend=self.backend)
         if cache is not None:
             cache.conv_states[self.layer_idx].copy_(conv_state)
             cache.ssm_states[self.layer_idx].copy_(ssm_state)

@@ -24,12 +24,11 @@ from perfmamba.ops.norm_ref import add_rms_norm_ref, rms_norm_ref
 from perfmamba.ops.scan_blocked import selective_scan_blocked
 from perfmamba.ops.scan_chunked import selective_scan_chunked
 from perfmamba.ops.scan_ref import selective_scan_ref, selective_state_update_ref, ssd_loop_ref, ssd_ref
-from perfmamba.ops.xbc_layout import packed_rows, xbc_rows
 
 BACKENDS = ("auto", "ref", "loop", "triton")
 
-__all__ = ["BACKENDS", "selective_scan", "ssd", "causal_conv1d", "mamba2_conv1d", "causal_conv1d_update",
-           "selective_state_update", "rms_norm", "add_rms_norm", "mamba1_mixer_step", "linear", "resolve_backend", "ssd_tiles",
+__all__ = ["BACKENDS", "selective_scan", "ssd", "causal_conv1d", "causal_conv1d_update", "selective_state_update",
+           "rms_norm", "add_rms_norm", "mamba1_mixer_step", "linear", "resolve_backend", "ssd_tiles",
            "triton_available", "first_steps"]
 
 
@@ -183,27 +182,6 @@ def causal_conv1d(x, weight, bias=None, activation=None, return_final_state=Fals
     fn = _triton_module().causal_conv1d_triton if which == "triton" else causal_conv1d_ref
     return fn(x, weight, bias, activation=activation, return_final_state=return_final_state,
               initial_state=initial_state)
-
-
-def mamba2_conv1d(xbc, weight, bias, d_inner, ngroups, d_state, backend="auto"):
-    """Mamba-2's conv1d + SiLU over in_proj's xBC slice, split.  xbc: (Bsz, L, d_inner + 2 G N); weight
-    (d_inner + 2 G N, W).  Returns x (Bsz, L, d_inner), B and C (Bsz, L, G, N) and the final conv state
-    (Bsz, d_inner + 2 G N, W).  On the Triton path x, B and C are views of one buffer whose B and C rows
-    start on cache lines (``perfmamba.ops.xbc_layout``: the SSD reads them faster); elsewhere of the packed
-    conv output."""
-    conv_dim = d_inner + 2 * ngroups * d_state
-    if (xbc.dim() != 3 or xbc.shape[-1] != conv_dim or weight.dim() != 2 or weight.shape[0] != conv_dim
-            or (bias is not None and tuple(bias.shape) != (conv_dim,))):
-        raise _shape_error("mamba2_conv1d", f"xbc (batch, L, {conv_dim}) for d_inner {d_inner}, {ngroups} group(s) "
-                           f"of {d_state} states; weight ({conv_dim}, W); bias ({conv_dim},)",
-                           dict(xbc=xbc, weight=weight, bias=bias))
-    rows = xbc_rows(d_inner, ngroups, d_state, xbc.element_size())
-    if resolve_backend(backend, xbc.device) == "triton" and not rows.packed:
-        buf, state = _triton_module().causal_conv1d_rows_triton(xbc.transpose(1, 2), weight, bias, rows)
-        return (*rows.split(buf), state)
-    y, state = causal_conv1d(xbc.transpose(1, 2), weight, bias, activation="silu", return_final_state=True,
-                             backend=backend)
-    return (*packed_rows(d_inner, ngroups, d_state).split(y.transpose(1, 2)), state)
 
 
 def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, backend="auto"):

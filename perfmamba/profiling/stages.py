@@ -109,15 +109,19 @@ def _mamba2_prefill(m) -> list:
         return {"res": e["res"], "z": z, "xbc": xbc, "dt": dt}
 
     def conv1d(e):
-        x, B, C, _ = m.conv_xbc(e["xbc"])  # (Bsz, L, d_inner), (Bsz, L, G, N) x2
+        xbc, _ = ops.causal_conv1d(e["xbc"].transpose(1, 2), m._conv_weight(), m.conv1d.bias, activation="silu",
+                                   return_final_state=True, backend=m.backend)
+        x, B, C = m._split_xbc(xbc.transpose(1, 2))  # (Bsz, L, d_inner), (Bsz, L, G*N) x2
         return {"res": e["res"], "z": e["z"], "dt": e["dt"], "x": x, "B": B, "C": C}
 
     def ssm(e):
         x = e["x"]
         bsz, seqlen = x.shape[:2]
         y, _ = ops.ssd(
-            x.reshape(bsz, seqlen, m.nheads, m.headdim), e["dt"], m.neg_exp_A(), e["B"], e["C"], m.config.chunk_size,
-            D=m.D, dt_bias=m.dt_bias, dt_softplus=True, return_final_states=True, dt_limit=m.config.dt_limit, backend=m.backend)  # (Bsz, L, H, P)
+            x.reshape(bsz, seqlen, m.nheads, m.headdim), e["dt"], m.neg_exp_A(),
+            e["B"].reshape(bsz, seqlen, m.ngroups, m.d_state), e["C"].reshape(bsz, seqlen, m.ngroups, m.d_state),
+            m.config.chunk_size, D=m.D, dt_bias=m.dt_bias, dt_softplus=True,
+            return_final_states=True, dt_limit=m.config.dt_limit, backend=m.backend)  # (Bsz, L, H, P)
         return {"res": e["res"], "z": e["z"], "y": y}
 
     def gate_norm(e):

@@ -6,7 +6,7 @@ Every launcher also accepts ``out=`` for the main output (tests pre-fill it with
 element is written).
 """
 
-from perfmamba.ops.triton.conv1d import causal_conv1d_rows_triton, causal_conv1d_triton, causal_conv1d_update_triton
+from perfmamba.ops.triton.conv1d import causal_conv1d_triton, causal_conv1d_update_triton
 from perfmamba.ops.triton.gemv import linear_triton
 from perfmamba.ops.triton.mamba1_step import mamba1_mixer_step_triton
 from perfmamba.ops.triton.rms_norm import add_rms_norm_triton, rms_norm_triton
@@ -14,7 +14,6 @@ from perfmamba.ops.triton.selective_scan import selective_scan_triton
 from perfmamba.ops.triton.ssd import ssd_triton
 from perfmamba.ops.triton.state_update import selective_state_update_triton
 
-__all__ = ["selective_scan_triton", "ssd_triton", "causal_conv1d_triton", "causal_conv1d_rows_triton",
-           "causal_conv1d_update_triton",
+__all__ = ["selective_scan_triton", "ssd_triton", "causal_conv1d_triton", "causal_conv1d_update_triton",
            "selective_state_update_triton", "rms_norm_triton", "add_rms_norm_triton", "mamba1_mixer_step_triton",
            "linear_triton"]

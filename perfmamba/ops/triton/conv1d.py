@@ -16,9 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from perfmamba.ops.triton.alignment import unit_of
 from perfmamba.ops.triton.selective_scan import interpreting, next_pow2
-from perfmamba.ops.xbc_layout import SEGMENT
 
 
 @triton.jit
@@ -30,34 +28,14 @@ def _causal_conv1d_kernel(
     s_ib, s_id, s_ik,  # initial state (Bsz, D, W)
     s_yb, s_yd, s_yl,  # y (Bsz, D, L)
     s_sb, s_sd, s_sk,  # final state (Bsz, D, W)
-    head, seg, seg_stride, tail_offset,  # SEGMENTED only: see below
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr,
     STORE_STATE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, WP: tl.constexpr,
-    SEGMENTED: tl.constexpr, SEG_UNIT: tl.constexpr,
 ):
     b = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_l = tl.program_id(2)
-    if SEGMENTED:
-        # Programs walk y's columns, BLOCK_D at a time.  Channels below ``head`` sit at their own column;
-        # the rest come in segments of ``seg`` channels, each at the start of ``seg_stride`` columns from
-        # ``tail_offset`` on (xbc_layout.XbcRows).  Every boundary is a multiple of BLOCK_D, so a program's
-        # channels are consecutive and its stores whole aligned vectors.  ``seg`` arrives divided by
-        # SEG_UNIT, so that the compiler knows the channels' alignment (alignment.py).
-        col0 = pid_d * BLOCK_D
-        in_tail = col0 >= tail_offset
-        rel = tl.where(in_tail, col0 - tail_offset, 0)
-        seg_idx = rel // seg_stride
-        within = rel - seg_idx * seg_stride
-        ch0 = tl.where(in_tail, head + seg_idx * (seg * SEG_UNIT) + within, col0)
-        n_valid = tl.where(in_tail, seg * SEG_UNIT - within, head - col0)
-        offs_d = ch0 + tl.arange(0, BLOCK_D)
-        d_mask = tl.arange(0, BLOCK_D) < n_valid
-        offs_col = col0 + tl.arange(0, BLOCK_D)
-    else:
-        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-        d_mask = offs_d < Dm
-        offs_col = offs_d
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = offs_d < Dm
     offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
     x_row = x_ptr + b * s_xb + offs_d[:, None] * s_xd  # (BLOCK_D, 1)
     i_row = init_ptr + b * s_ib + offs_d[:, None] * s_id
@@ -78,7 +56,7 @@ def _causal_conv1d_kernel(
         acc += xv * wk[:, None]
     if SILU:
         acc = acc * tl.sigmoid(acc)
-    tl.store(y_ptr + b * s_yb + offs_col[:, None] * s_yd + offs_l[None, :] * s_yl, acc.to(y_ptr.dtype.element_ty),
+    tl.store(y_ptr + b * s_yb + offs_d[:, None] * s_yd + offs_l[None, :] * s_yl, acc.to(y_ptr.dtype.element_ty),
              mask=d_mask[:, None] & (offs_l[None, :] < L))
 
     if STORE_STATE:
@@ -94,36 +72,6 @@ def _causal_conv1d_kernel(
                      mask=m)
 
 
-def _check_activation(activation):
-    if activation not in (None, "silu", "swish"):
-        raise ValueError(f"unknown activation {activation!r}; use 'silu' or None")
-
-
-def _launch(x, weight, bias, activation, initial_state, y, state, block_d, block_l, columns, rows=None):
-    """One launch over ``columns`` of y per batch row (its channels, or with ``rows`` its segmented row)."""
-    bsz, dim, seqlen = x.shape
-    width = weight.shape[-1]
-    bias = bias.contiguous() if bias is not None else None
-    if rows is not None:
-        seg_unit = unit_of(sizes=(rows.d_state,))
-        seg_args = (rows.d_inner, rows.d_state // seg_unit, rows.group_stride, rows.b_offset)
-    else:
-        seg_unit, seg_args = 1, (0, 0, 1, 0)
-    grid = (bsz, triton.cdiv(columns, block_d), max(1, triton.cdiv(seqlen, block_l)))
-    init = initial_state if initial_state is not None else x
-    st = state if state is not None else x
-    _causal_conv1d_kernel[grid](
-        x, weight, bias if bias is not None else weight, init, y, st,
-        dim, seqlen, *x.stride(), *weight.stride(),
-        *(initial_state.stride() if initial_state is not None else (0, 0, 0)), *y.stride(), *st.stride(),
-        *seg_args,
-        W=width, HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None,
-        SILU=activation is not None, STORE_STATE=state is not None, BLOCK_D=block_d, BLOCK_L=block_l,
-        WP=max(2, next_pow2(width)), SEGMENTED=rows is not None, SEG_UNIT=seg_unit,
-        num_warps=4,
-    )
-
-
 def causal_conv1d_triton(x, weight, bias=None, activation=None, return_final_state=False, initial_state=None,
                          out=None):
     """Same arguments, shapes and results as ``causal_conv1d_ref``.
@@ -131,8 +79,10 @@ def causal_conv1d_triton(x, weight, bias=None, activation=None, return_final_sta
     x: (Bsz, D, L); weight: (D, W); bias: (D,); initial_state: (Bsz, D, W) or None.  Returns y (Bsz, D, L)
     in x's dtype and, when asked, the final conv state (Bsz, D, W) in x's dtype.
     """
-    _check_activation(activation)
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"unknown activation {activation!r}; use 'silu' or None")
     bsz, dim, seqlen = x.shape
+    width = weight.shape[-1]
     channels_last = x.stride(1) == 1 and seqlen > 1  # e.g. a slice of Mamba-2's in_proj output, transposed
     if out is not None:
         y = out
@@ -140,31 +90,27 @@ def causal_conv1d_triton(x, weight, bias=None, activation=None, return_final_sta
         y = torch.empty(bsz, seqlen, dim, device=x.device, dtype=x.dtype).transpose(1, 2)
     else:
         y = torch.empty_like(x, memory_format=torch.contiguous_format)
-    state = x.new_empty(bsz, dim, weight.shape[-1]) if return_final_state else None
+    state = torch.empty(bsz, dim, width, device=x.device, dtype=x.dtype) if return_final_state else None
+    bias = bias.contiguous() if bias is not None else None
     if interpreting():
         block_d, block_l = min(64, next_pow2(dim)), min(256, next_pow2(max(seqlen, 1)))
     elif channels_last:  # 64 channels = 128 contiguous bytes per step (bf16)
         block_d, block_l = 64, min(32, max(16, next_pow2(seqlen)))
     else:
         block_d, block_l = 16, min(128, max(16, next_pow2(seqlen)))
-    _launch(x, weight, bias, activation, initial_state, y, state, block_d, block_l, dim)
+    grid = (bsz, triton.cdiv(dim, block_d), max(1, triton.cdiv(seqlen, block_l)))
+    init = initial_state if initial_state is not None else x
+    st = state if state is not None else x
+    _causal_conv1d_kernel[grid](
+        x, weight, bias if bias is not None else weight, init, y, st,
+        dim, seqlen, *x.stride(), *weight.stride(),
+        *(initial_state.stride() if initial_state is not None else (0, 0, 0)), *y.stride(), *st.stride(),
+        W=width, HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None,
+        SILU=activation is not None, STORE_STATE=return_final_state, BLOCK_D=block_d, BLOCK_L=block_l,
+        WP=max(2, next_pow2(width)),
+        num_warps=4,
+    )
     return (y, state) if return_final_state else y
-
-
-def causal_conv1d_rows_triton(x, weight, bias, rows, activation="silu", out=None):
-    """Mamba-2's conv over xBC into line-aligned rows (``perfmamba.ops.xbc_layout``), one launch.
-
-    x: (Bsz, conv_dim, L), any strides; weight: (conv_dim, W).  Returns (buf, state): buf (Bsz, L,
-    rows.row) in x's dtype (``out`` when given), its unused columns unwritten, and the final conv state
-    (Bsz, conv_dim, W).
-    """
-    _check_activation(activation)
-    bsz, dim, seqlen = x.shape
-    buf = out if out is not None else x.new_empty(bsz, seqlen, rows.row)
-    state = x.new_empty(bsz, dim, weight.shape[-1])
-    block_l = min(256 if interpreting() else 32, max(16, next_pow2(seqlen)))
-    _launch(x, weight, bias, activation, None, buf.transpose(1, 2), state, SEGMENT, block_l, rows.row, rows)
-    return buf, state
 
 
 @triton.jit
@@ -196,7 +142,8 @@ def _conv1d_update_kernel(
 def causal_conv1d_update_triton(x, conv_state, weight, bias=None, activation=None, out=None):
     """Same arguments, shapes and results as ``causal_conv1d_update_ref``: x (Bsz, D); conv_state
     (Bsz, D, W) updated in place; returns y (Bsz, D) in x's dtype."""
-    _check_activation(activation)
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"unknown activation {activation!r}; use 'silu' or None")
     bsz, dim = x.shape
     width = weight.shape[-1]
     y = out if out is not None else torch.empty_like(x)
