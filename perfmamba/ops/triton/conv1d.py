@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from perfmamba.ops.triton.alignment import stride_unit
 from perfmamba.ops.triton.selective_scan import interpreting, next_pow2
 
 
@@ -30,6 +31,7 @@ def _causal_conv1d_kernel(
     s_sb, s_sd, s_sk,  # final state (Bsz, D, W)
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr,
     STORE_STATE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, WP: tl.constexpr,
+    X_UNIT: tl.constexpr,  # x's batch and step strides arrive divided by it (alignment.py)
 ):
     b = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -37,7 +39,8 @@ def _causal_conv1d_kernel(
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d_mask = offs_d < Dm
     offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-    x_row = x_ptr + b * s_xb + offs_d[:, None] * s_xd  # (BLOCK_D, 1)
+    s_xl = s_xl * X_UNIT
+    x_row = x_ptr + b * (s_xb * X_UNIT) + offs_d[:, None] * s_xd  # (BLOCK_D, 1)
     i_row = init_ptr + b * s_ib + offs_d[:, None] * s_id
 
     acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
@@ -98,16 +101,23 @@ def causal_conv1d_triton(x, weight, bias=None, activation=None, return_final_sta
         block_d, block_l = 64, min(32, max(16, next_pow2(seqlen)))
     else:
         block_d, block_l = 16, min(128, max(16, next_pow2(seqlen)))
+    if channels_last:
+        # in Mamba-2, rows of in_proj's output: 3288 or 3352 elements for mamba2-130m-shaped layers, multiples
+        # of 8 but not of 16, which Triton would load element by element (66 two-byte loads of x per program
+        # against 8 16-byte ones, sm_90 PTX counted offline)
+        x_unit, ((s_xb, s_xl, s_xd),), _ = stride_unit(x.transpose(1, 2))
+    else:
+        x_unit, (s_xb, s_xd, s_xl) = 1, x.stride()
     grid = (bsz, triton.cdiv(dim, block_d), max(1, triton.cdiv(seqlen, block_l)))
     init = initial_state if initial_state is not None else x
     st = state if state is not None else x
     _causal_conv1d_kernel[grid](
         x, weight, bias if bias is not None else weight, init, y, st,
-        dim, seqlen, *x.stride(), *weight.stride(),
+        dim, seqlen, s_xb, s_xd, s_xl, *weight.stride(),
         *(initial_state.stride() if initial_state is not None else (0, 0, 0)), *y.stride(), *st.stride(),
         W=width, HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None,
         SILU=activation is not None, STORE_STATE=return_final_state, BLOCK_D=block_d, BLOCK_L=block_l,
-        WP=max(2, next_pow2(width)),
+        WP=max(2, next_pow2(width)), X_UNIT=x_unit,
         num_warps=4,
     )
     return (y, state) if return_final_state else y
