@@ -291,6 +291,20 @@ class TestConvInterpreted:
         yr, sr = causal_conv1d_ref(x, w, None, "silu", True)
         assert y.stride(1) == 1 and rel_err(y, yr) < 1e-5 and rel_err(st, sr) < 1e-5
 
+    def test_conv_takes_channels_last_strides_in_units(self, monkeypatch):
+        # in_proj's rows in Mamba-2 are multiples of 8 but not 16 elements apart (3288 for mamba2-130m at
+        # N = 96): the kernel gets them in units so that they load as vectors; the values must not change
+        from perfmamba.ops.triton import conv1d
+        launches = record_launches(monkeypatch, conv1d, "_causal_conv1d_kernel", "X_UNIT")
+        wide = torch.randn(2, 17, 40)
+        x = wide[..., 8:32].transpose(1, 2)  # rows 40 apart: unit 8
+        w = torch.randn(24, 4)
+        y, st = ops.causal_conv1d(x, w, None, "silu", True, backend="triton")
+        yr, sr = causal_conv1d_ref(x, w, None, "silu", True)
+        assert launches == [(8,)] and rel_err(y, yr) < 1e-5 and rel_err(st, sr) < 1e-5
+        ops.causal_conv1d(x.contiguous(), w, None, "silu", True, backend="triton")  # channels-first: as they are
+        assert launches[-1] == (1,)
+
     def test_conv_every_output_written(self):
         from perfmamba.ops.triton import causal_conv1d_triton
         x = torch.randn(2, 6, 33)
