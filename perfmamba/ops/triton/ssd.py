@@ -246,6 +246,7 @@ def _ssd_fused_t_kernel(
     SPLIT: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr,
     PRECISION: tl.constexpr, ASM: tl.constexpr, FAST_ACT: tl.constexpr,
+    BC_TMA: tl.constexpr = False,  # B_ptr, C_ptr are tensor descriptors (one state tile only; see tma_tiles)
 ):
     # The transposed layout: every tile has the P channels as rows, so the three dots with P in them have
     # BLOCK_P (64) rows, the M of one Hopper warpgroup MMA, whatever N is (see the module doc).
@@ -289,8 +290,9 @@ def _ssd_fused_t_kernel(
     x_base = x_ptr + b * s_xb + head * s_xh + offs_p[:, None] * s_xp  # + t[None, :] * s_xl
     y_base = y_ptr + b * s_yb + head * s_yh + offs_p[:, None] * s_yp
     dt_base = dt_ptr + b * s_tb + head * s_th
-    B_base = B_ptr + b * s_bb + grp * s_bg + offs_n[None, :] * s_bn  # (T, N)
-    C_base = C_ptr + b * s_cb + grp * s_cg + offs_n[:, None] * s_cn  # (N, T)
+    if not BC_TMA:
+        B_base = B_ptr + b * s_bb + grp * s_bg + offs_n[None, :] * s_bn  # (T, N)
+        C_base = C_ptr + b * s_cb + grp * s_cg + offs_n[:, None] * s_cn  # (N, T)
     if BLOCK_N2 > 0:
         B2_base = B_ptr + b * s_bb + grp * s_bg + offs_n2[None, :] * s_bn
         C2_base = C_ptr + b * s_cb + grp * s_cg + offs_n2[:, None] * s_cn
@@ -308,9 +310,19 @@ def _ssd_fused_t_kernel(
 
         pt_mask = p_mask[:, None] & t_mask[None, :]
         xt = tl.load(x_base + t[None, :] * s_xl, mask=pt_mask, other=0.0)  # (BLOCK_P, T) input dtype
-        Bc = tl.load(B_base + t[:, None] * s_bl, mask=t_mask[:, None] & n_mask[None, :], other=0.0).to(xt.dtype)
-        if not STATES_ONLY:
-            Ct = tl.load(C_base + t[None, :] * s_cl, mask=n_mask[:, None] & t_mask[None, :], other=0.0).to(xt.dtype)
+        if BC_TMA:
+            # one (T, BLOCK_N) box of the (Bsz, L, G, N) tensor per load, by the copy engine: states past N and
+            # steps past L arrive as zeros; steps past a split segment's end are real inputs, but their dt is
+            # 0, so they add nothing to the state or to y (and y is not stored there)
+            Bc = B_ptr.load([b, c0, grp, 0]).reshape(BLOCK_T, BLOCK_N).to(xt.dtype)
+            if not STATES_ONLY:
+                Ct = tl.trans(C_ptr.load([b, c0, grp, 0]).reshape(BLOCK_T, BLOCK_N)).to(xt.dtype)
+        else:
+            Bc = tl.load(B_base + t[:, None] * s_bl, mask=t_mask[:, None] & n_mask[None, :],
+                         other=0.0).to(xt.dtype)
+            if not STATES_ONLY:
+                Ct = tl.load(C_base + t[None, :] * s_cl, mask=n_mask[:, None] & t_mask[None, :],
+                             other=0.0).to(xt.dtype)
         if BLOCK_N2 > 0:
             Bc2 = tl.load(B2_base + t[:, None] * s_bl, mask=t_mask[:, None] & n_mask2[None, :],
                           other=0.0).to(xt.dtype)
@@ -405,6 +417,42 @@ def transposed_tiles(n_state: int, block_t: int) -> tuple[int, int]:
     return first, 64
 
 
+def descriptors_readable(*tensors) -> bool:
+    """Whether the copy engine (TMA) can read these tensors through descriptors: on Hopper or later (or the
+    interpreter), innermost stride 1, base address and every leading stride multiples of 16 bytes (not
+    N = 13 contiguous, say)."""
+    if tensors[0].is_cuda and torch.cuda.get_device_capability(tensors[0].device)[0] < 9:
+        return False
+    return all(t.stride(-1) == 1 and t.data_ptr() % 16 == 0
+               and all(st * t.element_size() % 16 == 0 for st in t.stride()[:-1]) for t in tensors)
+
+
+def tma_tiles(n_state: int, block_t: int, elem_bytes: int):
+    """The transposed kernel's one state tile with B and C through descriptors, or None where they stay on
+    pointer loads.  Measured on an H200 (2026-12-03, ``docs/benchmarks/tuning-h200/ssd-tma.txt``; B=8,
+    L=4096, 24 x 64, bf16, device time): descriptors win below 64 states (N = 56: 0.193 against 0.202 ms,
+    48: 0.194 / 0.196, 32: 0.181 / 0.186, 16: 0.165 / 0.169) and lose from 64 on (64: 0.1935 / 0.1924;
+    one 128-state box: 0.271 / 0.237 at N=128; two 64-state boxes: 0.304 / 0.237 at N=128, 0.248 / 0.238
+    at N=96).  So: one tile (``transposed_tiles``) of at most 128 bytes a row, for N < 64."""
+    first, second = transposed_tiles(n_state, block_t)
+    return (first, 0) if second == 0 and first * elem_bytes <= 128 and n_state < 64 else None
+
+
+def bc_descriptors(B, C, block_t: int, block_n: int):
+    """Tensor descriptors of B and C (Bsz, L, G, N) for the transposed kernel's ``BC_TMA`` loads, boxes of
+    (1, block_t, 1, block_n); the caller has checked ``descriptors_readable(B, C)``.
+
+    Why: the pointer loads' async copies give each 8-thread group 64 states of one row, and in rows 192
+    bytes apart (N = 96) every other row starts 64 bytes into a 128-byte line, so the group spans two
+    lines: 59% more L2 requests and twice the shared-memory bank conflicts of the same values in rows 128
+    apart (``docs/benchmarks/tuning-h200/n96-counters.txt``), and N = 96 ran 0.9% slower than N = 128.  The
+    copy engine reads a whole box whatever its rows' alignment and fills the states past N with zeros.
+    """
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    box = [1, block_t, 1, block_n]
+    return TensorDescriptor.from_tensor(B, box), TensorDescriptor.from_tensor(C, box)
+
+
 def _ssd_configs(headdim: int, n_state: int, chunk_size: int):
     """Candidate (BLOCK_T, BLOCK_P, num_warps, num_stages[, TRANSPOSED]), the default first.
 
@@ -455,7 +503,8 @@ def tiles_run(bsz: int, seqlen: int, nheads: int, headdim: int, n_state: int, ch
 
 
 def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, initial_states=None,
-               return_final_states=False, dt_limit=(0.0, float("inf")), out=None, config=None, splits=None):
+               return_final_states=False, dt_limit=(0.0, float("inf")), out=None, config=None, splits=None,
+               bc_tma=None):
     """Same arguments, shapes and results as ``ssd_ref``.
 
     x, z: (Bsz, L, H, P); dt: (Bsz, L, H); A: (H,); B, C: (Bsz, L, G, N); D: (H,) or (H, P);
@@ -463,7 +512,11 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
     return_final_states, the final state (Bsz, H, P, N) in fp32.  ``out`` may receive y (tests pre-fill
     it with NaN); ``config`` = (BLOCK_T, BLOCK_P, num_warps, num_stages[, TRANSPOSED]) overrides the choice
     for tuning (TRANSPOSED, default False, picks ``_ssd_fused_t_kernel``); ``splits`` the number of sequence
-    segments run in parallel (default: enough to fill the GPU).
+    segments run in parallel (default: enough to fill the GPU).  ``bc_tma``: whether the transposed kernel
+    reads B and C through tensor descriptors where it can (``bc_descriptors``); the default (None) does so
+    under the interpreter and while a CUDA graph is captured, not in eager GPU calls: building and passing
+    two descriptors cost 0.07 ms of host time a call (0.17 against 0.10 ms per eager call at B=1, L=128,
+    H200 2026-12-03), paid once in a graph but on every eager call, which the host already bounds.
     """
     from perfmamba.ops.triton import split as split_l
     bsz, seqlen, nheads, headdim = x.shape
@@ -493,12 +546,20 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
     zz = z if z is not None else x
     bc_unit, bc_strides, _ = stride_unit(B, C)
     x_unit, (x_strides,), _ = stride_unit(x)  # its own unit (see _strides_in_elements)
+    if bc_tma is None:
+        bc_tma = interpreting() or (x.is_cuda and torch.cuda.is_current_stream_capturing())
+    tma = bc_tma and descriptors_readable(B, C)
 
     def kernel(cfg, tiles, grid, seg, h_in, h_out, a_sums, states_only):
         block_t, block_p, num_warps, num_stages = cfg[:4]
-        fn = _ssd_fused_t_kernel if len(cfg) > 4 and cfg[4] else _ssd_fused_kernel
+        transposed = len(cfg) > 4 and cfg[4]
+        fn = _ssd_fused_t_kernel if transposed else _ssd_fused_kernel
+        descs = None
+        if transposed and tma and (boxed := tma_tiles(n_state, block_t, B.element_size())) is not None:
+            tiles, descs = boxed, bc_descriptors(B, C, block_t, boxed[0])
+        extra = {"BC_TMA": True} if descs is not None else {}
         fn[grid](
-            x, dt, A, B, C, D if D is not None else x, zz, dt_bias if dt_bias is not None else x,
+            x, dt, A, *(descs or (B, C)), D if D is not None else x, zz, dt_bias if dt_bias is not None else x,
             h_in if h_in is not None else x, y, h_out if h_out is not None else x,
             a_sums if a_sums is not None else x,
             seqlen, nheads, headdim, nheads // groups, dt_min, dt_max, seg // block_t,
@@ -511,7 +572,7 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
             STORE_FINAL=h_out is not None, STATES_ONLY=states_only, SPLIT=grid[2] > 1,
             BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=tiles[0], BLOCK_N2=tiles[1],
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-            **asm_flags(x),
+            **asm_flags(x), **extra,
             num_warps=num_warps, num_stages=num_stages,
         )
 
@@ -526,7 +587,7 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
 
     if config is None:
         # the tile split is part of the shape class: 96 (64 + 32) and 128 (one tile) are different kernels
-        key = ("ssd", block_n, block_n2, next_pow2(headdim), next_pow2(seqlen), bsz * nheads, x.dtype,
+        key = ("ssd", block_n, block_n2, next_pow2(headdim), next_pow2(seqlen), bsz * nheads, x.dtype, tma,
                z is not None, splits, split_l.whole_when_eager(seqlen, split_l.SSD_EAGER_SPLIT_FROM))
         config = pick_config(key, lambda: _ssd_configs(headdim, n_state, int(chunk_size)), launch)
     launch(config)
