@@ -442,11 +442,9 @@ def bc_descriptors(B, C, block_t: int, block_n: int):
     """Tensor descriptors of B and C (Bsz, L, G, N) for the transposed kernel's ``BC_TMA`` loads, boxes of
     (1, block_t, 1, block_n); the caller has checked ``descriptors_readable(B, C)``.
 
-    Why: the pointer loads' async copies give each 8-thread group 64 states of one row, and in rows 192
-    bytes apart (N = 96) every other row starts 64 bytes into a 128-byte line, so the group spans two
-    lines: 59% more L2 requests and twice the shared-memory bank conflicts of the same values in rows 128
-    apart (``docs/benchmarks/tuning-h200/n96-counters.txt``), and N = 96 ran 0.9% slower than N = 128.  The
-    copy engine reads a whole box whatever its rows' alignment and fills the states past N with zeros.
+    Tried first for N = 96 (its 192-byte rows straddle 128-byte lines under the pointer loads' async
+    copies, ``tuning-h200/n96-counters.txt``): the copy engine reads whole boxes whatever the rows'
+    alignment, but N = 96 got slower; it pays below 64 states only (``tma_tiles``).
     """
     from triton.tools.tensor_descriptor import TensorDescriptor
     box = [1, block_t, 1, block_n]
@@ -515,8 +513,8 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
     segments run in parallel (default: enough to fill the GPU).  ``bc_tma``: whether the transposed kernel
     reads B and C through tensor descriptors where it can (``bc_descriptors``); the default (None) does so
     under the interpreter and while a CUDA graph is captured, not in eager GPU calls: building and passing
-    two descriptors cost 0.07 ms of host time a call (0.17 against 0.10 ms per eager call at B=1, L=128,
-    H200 2026-12-03), paid once in a graph but on every eager call, which the host already bounds.
+    two descriptors cost 0.04-0.07 ms of host time a call (0.20 against 0.17 and 0.17 against 0.10 ms
+    per eager call at B=1, L=128 in two runs, H200 2026-12-03), paid once in a graph but on every eager call, which the host already bounds.
     """
     from perfmamba.ops.triton import split as split_l
     bsz, seqlen, nheads, headdim = x.shape
