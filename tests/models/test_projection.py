@@ -35,3 +35,22 @@ def test_hooks_and_adapters_keep_their_effect(monkeypatch):
 
     adapted = Adapted(12, 7)
     assert torch.equal(projection.project(adapted, x, "ref"), adapted(x))
+
+
+def test_global_hooks_keep_their_effect(monkeypatch):
+    monkeypatch.setattr(projection.ops, "linear", _bypassed)
+    layer, x = _layer_and_rows()
+    seen = []
+    handle = nn.modules.module.register_module_forward_hook(lambda mod, args, out: seen.append(type(mod)))
+    try:
+        assert torch.equal(projection.project(layer, x, "ref"), layer(x))
+    finally:
+        handle.remove()
+    assert nn.Linear in seen
+    seen.clear()
+    pre = nn.modules.module.register_module_forward_pre_hook(lambda mod, args: seen.append(type(mod)))
+    try:
+        projection.project(layer, x, "ref")
+    finally:
+        pre.remove()
+    assert seen == [nn.Linear]
