@@ -280,7 +280,8 @@ def build_records(cfg, name: str, r: Resolved, ceilings: Ceilings, mode: str, ba
     ssd_tiles = None
     if cfg.family == "mamba2":
         def ssd_tiles(n_state):
-            return ops.ssd_tiles(r.backend, cfg.chunk_size, batch, seqlen, cfg.nheads, cfg.headdim, n_state, r.device)
+            return ops.ssd_tiles(r.backend, cfg.chunk_size, batch, seqlen, cfg.nheads, cfg.headdim, n_state, r.device,
+                                 r.dtype)
     costs = analytic.component_costs(cfg, s.scope, mode, batch, seqlen, dtype_bytes, layer=s.layer,
                                      ssd_tiles=ssd_tiles)
     base = dict(model=name, family=cfg.family, scope=s.scope, mode=mode, seqlen=seqlen, batch=batch)

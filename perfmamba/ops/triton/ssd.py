@@ -484,19 +484,21 @@ def _ssd_configs(headdim: int, n_state: int, chunk_size: int):
 
 
 # (BLOCK_T, BLOCK_P) of the latest call per shape class (the chosen configuration, not the autotuner's
-# trials), for the profiler's cost model (``tiles_run``)
+# trials), for the profiler's cost model (``tiles_run``); the class holds the dtype, since the autotuner keys
+# (and may choose) per dtype
 _LAUNCHED: dict = {}
 
 
-def _shape_class(bsz: int, seqlen: int, nheads: int, headdim: int, n_state: int) -> tuple:
-    return bsz * nheads, next_pow2(seqlen), headdim, n_state
+def _shape_class(bsz: int, seqlen: int, nheads: int, headdim: int, n_state: int, dtype: torch.dtype) -> tuple:
+    return bsz * nheads, next_pow2(seqlen), headdim, n_state, dtype
 
 
-def tiles_run(bsz: int, seqlen: int, nheads: int, headdim: int, n_state: int, chunk_size: int) -> tuple[int, int]:
+def tiles_run(bsz: int, seqlen: int, nheads: int, headdim: int, n_state: int, chunk_size: int,
+              dtype: torch.dtype) -> tuple[int, int]:
     """(BLOCK_T, BLOCK_P) the kernel ran this shape with in this process, else the first candidate it would
     try: BLOCK_T is the chunk of its in-chunk quadratic form, and each program of BLOCK_P head channels
     computes its head's C B^T itself."""
-    ran = _LAUNCHED.get(_shape_class(bsz, seqlen, nheads, headdim, n_state))
+    ran = _LAUNCHED.get(_shape_class(bsz, seqlen, nheads, headdim, n_state, dtype))
     return ran if ran is not None else tuple(_ssd_configs(headdim, n_state, int(chunk_size))[0][:2])
 
 
@@ -589,6 +591,6 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
                z is not None, splits, split_l.whole_when_eager(seqlen, split_l.SSD_EAGER_SPLIT_FROM))
         config = pick_config(key, lambda: _ssd_configs(headdim, n_state, int(chunk_size)), launch)
     launch(config)
-    _LAUNCHED[_shape_class(bsz, seqlen, nheads, headdim, n_state)] = tuple(config[:2])
+    _LAUNCHED[_shape_class(bsz, seqlen, nheads, headdim, n_state, x.dtype)] = tuple(config[:2])
     return (y, final) if return_final_states else y
 
