@@ -2,8 +2,9 @@
 cuBLAS and a Triton GEMV, ``ops/triton/gemv.py``) when the layer is a plain ``nn.Linear``.
 
 A layer that is anything else (a subclass, an adapter put in its place) or that carries forward hooks,
-its own or global ones (``nn.modules.module.register_module_forward_hook``, which profilers use), is called as
-a module, so that what it adds to the product and what its hooks watch stay in effect.
+its own or global ones (``nn.modules.module.register_module_forward_hook``, which some FLOP counters and
+tracers use), is called as a module, so that what it adds to the product and what its hooks watch stay
+in effect.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from perfmamba import ops
 
 def _global_hooks() -> bool:
     """Whether any forward hook is registered for every module (torch keeps them in module-level dicts)."""
-    return bool(getattr(nn_module, "_global_forward_hooks", None) or getattr(nn_module, "_global_forward_pre_hooks", None))
+    return bool(getattr(nn_module, "_global_forward_hooks", None)
+                or getattr(nn_module, "_global_forward_pre_hooks", None))
 
 
 def project(layer: nn.Module, x: torch.Tensor, backend: str) -> torch.Tensor:
