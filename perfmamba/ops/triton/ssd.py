@@ -516,7 +516,8 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
     reads B and C through tensor descriptors where it can (``bc_descriptors``); the default (None) does so
     under the interpreter and while a CUDA graph is captured, not in eager GPU calls: building and passing
     two descriptors cost 0.04-0.07 ms of host time a call (0.20 against 0.17 and 0.17 against 0.10 ms
-    per eager call at B=1, L=128 in two runs, H200 2026-12-03), paid once in a graph but on every eager call, which the host already bounds.
+    per eager call at B=1, L=128 in two runs, H200 2026-12-03), paid once in a graph but on every eager
+    call, which the host already bounds.
     """
     from perfmamba.ops.triton import split as split_l
     bsz, seqlen, nheads, headdim = x.shape
@@ -555,8 +556,9 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
         transposed = len(cfg) > 4 and cfg[4]
         fn = _ssd_fused_t_kernel if transposed else _ssd_fused_kernel
         descs = None
-        if transposed and tma and (boxed := tma_tiles(n_state, block_t, B.element_size())) is not None:
-            tiles, descs = boxed, bc_descriptors(B, C, block_t, boxed[0])
+        # tma_tiles is the transposed kernel's own single tile where it applies, so ``tiles`` stays as it is
+        if transposed and tma and tma_tiles(n_state, block_t, B.element_size()) is not None:
+            descs = bc_descriptors(B, C, block_t, tiles[0])
         extra = {"BC_TMA": True} if descs is not None else {}
         fn[grid](
             x, dt, A, *(descs or (B, C)), D if D is not None else x, zz, dt_bias if dt_bias is not None else x,
