@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests of the kernels, then the kernel and model benchmarks, results under $OUT
 # (or ./gpu-out).  Usage: bash benchmarks/gpu_session.sh [PART ...], parts: tests (= tests-scan tests-ssd
-# tests-rest), every, kernels, models, prune, sweep (SSD tiles), sweep-tile (Mamba-1 tiles), ncu (default: tests
+# tests-rest), every, kernels, models, state-sizes, prune, sweep (SSD tiles), sweep-tile (Mamba-1 tiles), ncu (default: tests
 # kernels models); tests-parallel runs every test in parallel pytest processes instead of the three test
 # parts.  Runs from the repository root with PYTHONPATH=. .  Give the commit as PERFMAMBA_GIT_REVISION=<hash>
 # (a literal: the tree copied to the device may carry a stale .git).
@@ -78,6 +78,8 @@ for part in $parts; do
                  tail -40 "$out/kernels.log" ;;
         models) python3 benchmarks/bench_models.py --out "$out" >"$out/models.log" 2>&1
                 tail -25 "$out/models.log" ;;
+        state-sizes) python3 benchmarks/bench_state_sizes.py --out-dir "$out" >"$out/state-sizes.log" 2>&1
+                     tail -30 "$out/state-sizes.log" ;;
         *) echo "unknown part $part"; exit 2 ;;
     esac
     echo "== $part took $(( $(date +%s) - start )) s"
