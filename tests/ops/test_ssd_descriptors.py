@@ -11,6 +11,7 @@ from kernel_harness import CUDA, interpreted, interpreter_env, rel_err  # noqa: 
 from test_ssd_transposed import check
 from test_ssd_two_tiles import make_case
 
+from perfmamba.ops.replay import for_replay
 from perfmamba.ops.triton import ssd as ssd_mod
 
 
@@ -46,6 +47,18 @@ def test_descriptors_readable():
     assert not ssd_mod.descriptors_readable(torch.zeros(2, 10, 1, 13, dtype=torch.bfloat16))  # 26 bytes
     assert not ssd_mod.descriptors_readable(torch.zeros(2, 10, 1, 64)[..., 1:33])  # base 4 bytes off a line
     assert not ssd_mod.descriptors_readable(torch.zeros(2, 10, 64, 1).transpose(-1, -2))  # N not contiguous
+
+
+def test_descriptors_wanted_follows_for_replay(monkeypatch):
+    # a graph's warm-up (not capturing) and its capture must choose alike: for_replay decides, not the capture
+    monkeypatch.setattr(ssd_mod, "interpreting", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert not ssd_mod.descriptors_wanted(torch.device("cuda"))  # eager calls, even inside someone's capture
+    with for_replay():
+        assert ssd_mod.descriptors_wanted(torch.device("cuda"))
+        assert not ssd_mod.descriptors_wanted(torch.device("cpu"))
+    monkeypatch.setattr(ssd_mod, "interpreting", lambda: True)
+    assert ssd_mod.descriptors_wanted(torch.device("cpu"))
 
 
 @interpreted
@@ -92,3 +105,31 @@ def test_descriptors_on_gpu(n):
         y0, h0 = _run(c, (64, 64, 4, 2, True), False, splits)
         y1, h1 = _run(c, (64, 64, 4, 2, True), True, splits)
         assert rel_err(y1, y0) < 1e-2 and rel_err(h1, h0) < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_capture_asks_for_the_configuration_its_warm_up_chose(monkeypatch):
+    """The capture must find the autotuner's key that the warm-up tuned: a capture cannot time candidates,
+    and one the warm-up did not compile would be compiled inside the capture."""
+    from perfmamba.models.cuda_graph import capture
+    keys = []
+    real = ssd_mod.pick_config
+
+    def spy(key, candidates, launch):
+        keys.append((torch.cuda.is_current_stream_capturing(), key))
+        return real(key, candidates, launch)
+    monkeypatch.setattr(ssd_mod, "pick_config", spy)
+    c = make_case(1, 300, 4, 64, 1, 48, "h", True, False, device="cuda", dtype=torch.bfloat16, seed=11)
+    seen = _spy(monkeypatch)
+
+    def call():
+        return ssd_mod.ssd_triton(c["x"], c["dt"], c["A"], c["B"], c["C"], 64, D=c["D"], z=c["z"],
+                                  dt_bias=c["dt_bias"], dt_softplus=True)
+    graph, y_graph = capture(call, torch.device("cuda"))
+    captured = [k for capturing, k in keys if capturing]
+    assert captured and set(captured) <= {k for capturing, k in keys if not capturing}
+    assert seen  # 48 states: the graph reads B and C through descriptors
+    graph.replay()
+    torch.cuda.synchronize()
+    assert rel_err(y_graph, call()) < 1e-2  # against an eager call (pointer loads)

@@ -52,6 +52,7 @@ import torch
 import triton
 import triton.language as tl
 
+from perfmamba.ops.replay import launches_are_free
 from perfmamba.ops.triton.alignment import stride_unit
 from perfmamba.ops.triton.selective_scan import (asm_flags, exp2_decay, interpreting, next_pow2, pick_config,
                                                  segment_bounds, silu_act, softplus_act)
@@ -427,6 +428,24 @@ def descriptors_readable(*tensors) -> bool:
                and all(st * t.element_size() % 16 == 0 for st in t.stride()[:-1]) for t in tensors)
 
 
+def descriptors_wanted(device: torch.device) -> bool:
+    """Whether calls on ``device`` should read B and C through descriptors where they can: under the
+    interpreter, and inside ``perfmamba.ops.replay.for_replay()`` (a CUDA graph's warm-up and capture), not in
+    eager GPU calls.  Building and passing two descriptors cost 0.04-0.07 ms of host time a call (0.20
+    against 0.17 and 0.17 against 0.10 ms per eager call at B=1, L=128 in two runs, H200 2026-12-03), paid
+    once in a graph but on every eager call, which the host already bounds.
+
+    Decided by ``for_replay``, not by whether a capture is under way, so that a graph's warm-up takes the
+    path its capture will: the choice is part of the autotuner's key, and a capture cannot tune.  Keyed on
+    the capture, the warm-up tuned the pointer-load key while the capture asked for another, and so ran that
+    key's first candidate untimed, which the warm-up need not have compiled.  On an H200 (2026-12-03) the
+    model benchmark's mamba2-130m graph prefill at L = 16383 (after 16384) then failed to capture ("operation
+    not permitted when stream is capturing"); with this rule every capture asks for a key its warm-up tuned,
+    and the same benchmark captured every shape.  A compile inside the capture is the likely cause, not a
+    shown one: the same two prefills under the old rule captured in a process of their own."""
+    return interpreting() or (torch.device(device).type == "cuda" and launches_are_free())
+
+
 def tma_tiles(n_state: int, block_t: int, elem_bytes: int):
     """The transposed kernel's one state tile with B and C through descriptors, or None where they stay on
     pointer loads.  Measured on an H200 (2026-12-03, ``docs/benchmarks/tuning-h200/ssd-tma.txt``; B=8,
@@ -513,11 +532,9 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
     it with NaN); ``config`` = (BLOCK_T, BLOCK_P, num_warps, num_stages[, TRANSPOSED]) overrides the choice
     for tuning (TRANSPOSED, default False, picks ``_ssd_fused_t_kernel``); ``splits`` the number of sequence
     segments run in parallel (default: enough to fill the GPU).  ``bc_tma``: whether the transposed kernel
-    reads B and C through tensor descriptors where it can (``bc_descriptors``); the default (None) does so
-    under the interpreter and while a CUDA graph is captured, not in eager GPU calls: building and passing
-    two descriptors cost 0.04-0.07 ms of host time a call (0.20 against 0.17 and 0.17 against 0.10 ms
-    per eager call at B=1, L=128 in two runs, H200 2026-12-03), paid once in a graph but on every eager
-    call, which the host already bounds.
+    reads B and C through tensor descriptors where it can (``bc_descriptors``); the default (None) is
+    ``descriptors_wanted``: under the interpreter and for calls a CUDA graph will replay, not in eager GPU
+    calls.
     """
     from perfmamba.ops.triton import split as split_l
     bsz, seqlen, nheads, headdim = x.shape
@@ -548,7 +565,7 @@ def ssd_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_soft
     bc_unit, bc_strides, _ = stride_unit(B, C)
     x_unit, (x_strides,), _ = stride_unit(x)  # its own unit (see _strides_in_elements)
     if bc_tma is None:
-        bc_tma = interpreting() or (x.is_cuda and torch.cuda.is_current_stream_capturing())
+        bc_tma = descriptors_wanted(x.device)
     tma = bc_tma and descriptors_readable(B, C)
 
     def kernel(cfg, tiles, grid, seg, h_in, h_out, a_sums, states_only):
