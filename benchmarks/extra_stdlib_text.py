@@ -1,0 +1,72 @@
+"""Held-out text that no demo model and no scoring choice has seen: docstrings of the standard-library
+modules that the built-in corpus leaves out.
+
+The built-in `cpython-docs` corpus reads a fixed list of modules (``perfmamba.eval.stdlib_docs.MODULES``),
+which omits those deprecated in CPython 3.11-3.12 (aifc, cgi, telnetlib, ...; most removed in 3.13) and a
+few others (tkinter and turtle need a display to run, not to be read). Their docstrings are the corpus's
+kind of text, written by the same project, yet they were in neither the demo models' training text nor
+any held-out split used so far. This collects them with the corpus's own extraction and cleaning, after a
+pass over the corpus's modules whose only purpose is to mark every docstring already there as seen, so
+that an exact duplicate of one (an alias, a shared docstring) is left out. It writes a corpus directory
+(``train.txt`` and ``validation.txt`` empty, the text as ``test.txt``, ``meta.json``), which
+``--eval-data DIR --eval-split test`` reads:
+
+    python benchmarks/extra_stdlib_text.py OUT_DIR
+
+The text depends on the interpreter that runs this (its version is recorded in ``meta.json``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import warnings
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from perfmamba.eval import stdlib_docs as sd  # noqa: E402
+from perfmamba.eval.data import Corpus, clean_text, save_corpus  # noqa: E402
+
+# Top-level standard-library modules outside sd.MODULES that import quietly without a display
+EXTRA_MODULES = ("aifc audioop cgi cgitb chunk crypt imghdr mailcap nis nntplib ossaudiodev pipes sndhdr "
+                 "spwd sunau telnetlib uu xdrlib asynchat asyncore smtpd imp lib2to3 distutils tkinter turtle "
+                 "ensurepip venv sre_compile sre_parse").split()
+
+
+def walk(names, claimed, seen, documents, skipped):
+    """sd.collect's walk (each module, then its submodules depth first) over ``names``."""
+    queue = list(names)
+    while queue:
+        name = queue.pop(0)
+        module = sd._quiet_import(name)
+        if module is None:
+            skipped.append(name)
+            continue
+        documents.extend(sd.module_documents(module, claimed, seen))
+        queue[0:0] = sd._submodules(module)
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit("usage: python benchmarks/extra_stdlib_text.py OUT_DIR")
+    out = sys.argv[1]
+    warnings.simplefilter("ignore")
+    claimed, seen = set(), sd._Docs()
+    for text in __import__("pydoc_data.topics").topics.topics.values():
+        seen.new(text)
+    walk(sd.MODULES, claimed, seen, [], [])  # marks the corpus's docstrings (and objects) as seen
+    documents, skipped = [], []
+    walk(EXTRA_MODULES, claimed, seen, documents, skipped)
+    texts = [t for t in (clean_text(text) for _, text in documents) if t]
+    text = "\n\n".join(texts)
+    meta = {"source": "benchmarks/extra_stdlib_text.py", "python": platform.python_version(),
+            "modules": EXTRA_MODULES, "skipped_modules": skipped, "documents": len(texts),
+            "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+    save_corpus(Corpus("stdlib-extra", {"train": "", "validation": "", "test": text}, meta), out)
+    print(f"{len(texts)} documents, {len(text.encode('utf-8'))} bytes, skipped {skipped or 'none'} -> {out}")
+
+
+if __name__ == "__main__":
+    main()
