@@ -35,19 +35,6 @@ EXTRA_MODULES = ("aifc audioop cgi cgitb chunk crypt imghdr mailcap nis nntplib 
                  "ensurepip venv sre_compile sre_parse").split()
 
 
-def walk(names, claimed, seen, documents, skipped):
-    """sd.collect's walk (each module, then its submodules depth first) over ``names``."""
-    queue = list(names)
-    while queue:
-        name = queue.pop(0)
-        module = sd._quiet_import(name)
-        if module is None:
-            skipped.append(name)
-            continue
-        documents.extend(sd.module_documents(module, claimed, seen))
-        queue[0:0] = sd._submodules(module)
-
-
 def main():
     if len(sys.argv) != 2:
         sys.exit("usage: python benchmarks/extra_stdlib_text.py OUT_DIR")
@@ -56,9 +43,9 @@ def main():
     claimed, seen = set(), sd._Docs()
     for text in __import__("pydoc_data.topics").topics.topics.values():
         seen.new(text)
-    walk(sd.MODULES, claimed, seen, [], [])  # marks the corpus's docstrings (and objects) as seen
+    sd.walk(sd.MODULES, claimed, seen, [], [])  # marks the corpus's docstrings (and objects) as seen
     documents, skipped = [], []
-    walk(EXTRA_MODULES, claimed, seen, documents, skipped)
+    sd.walk(EXTRA_MODULES, claimed, seen, documents, skipped)
     texts = [t for t in (clean_text(text) for _, text in documents) if t]
     text = "\n\n".join(texts)
     meta = {"source": "benchmarks/extra_stdlib_text.py", "python": platform.python_version(),

@@ -147,14 +147,11 @@ def module_documents(module, claimed, docs_seen):
     return docs
 
 
-def collect(max_modules=None):
-    documents, skipped, claimed, docs_seen = [], [], set(), _Docs()
-    topics = _quiet_import("pydoc_data.topics")
-    if topics is not None:
-        for key in sorted(topics.topics):
-            documents.append((f"topic:{key}", topics.topics[key]))
-    queue = list(MODULES[:max_modules] if max_modules else MODULES)
-    done = 0
+def walk(names, claimed, docs_seen, documents, skipped, submodules=True):
+    """Append the documents of each module in ``names`` (with ``submodules``, each followed by its
+    submodules, depth first, so the order is fixed) to ``documents``, and the names that fail to import to
+    ``skipped``.  ``claimed`` and ``docs_seen`` carry over between calls (``module_documents``)."""
+    queue = list(names)
     while queue:
         name = queue.pop(0)
         module = _quiet_import(name)
@@ -162,9 +159,18 @@ def collect(max_modules=None):
             skipped.append(name)
             continue
         documents.extend(module_documents(module, claimed, docs_seen))
-        done += 1
-        if not max_modules:
-            queue[0:0] = _submodules(module)  # depth first, so the order is fixed
+        if submodules:
+            queue[0:0] = _submodules(module)
+
+
+def collect(max_modules=None):
+    documents, skipped, claimed, docs_seen = [], [], set(), _Docs()
+    topics = _quiet_import("pydoc_data.topics")
+    if topics is not None:
+        for key in sorted(topics.topics):
+            documents.append((f"topic:{key}", topics.topics[key]))
+    walk(MODULES[:max_modules] if max_modules else MODULES, claimed, docs_seen, documents, skipped,
+         submodules=not max_modules)
     return {"python": platform.python_version(), "implementation": platform.python_implementation(),
             "platform": sys.platform, "documents": documents, "skipped": skipped}
 
