@@ -144,9 +144,10 @@ def ssd_tiles(backend: str, chunk_size: int, bsz: int, seqlen: int, nheads: int,
               n_state: int, device: torch.device, dtype: torch.dtype) -> tuple[int, int]:
     """(Q, S): how the SSD that ``backend`` (concrete) runs splits this shape's work, for the cost model.
     Q is the chunk of its in-chunk quadratic form: 1 for "loop" (the recurrence), ``ref_chunk_length`` for
-    "ref", the kernel's step tile for "triton" (``ssd.tiles_run``: what ran in x's ``dtype``, else what would).  S is how
-    many (Q, Q) C B^T score tiles each chunk computes: one per head in both plain-torch forms (B and C are
-    broadcast to the heads) and one per program of the Triton kernel (per block of a head's channels)."""
+    "ref", the kernel's step tile for "triton" (``ssd.tiles_run``: what ran in x's ``dtype``, else what
+    would).  S is how many (Q, Q) C B^T score tiles each chunk computes: one per head in both plain-torch
+    forms (B and C are broadcast to the heads) and one per program of the Triton kernel (per block of a
+    head's channels)."""
     if backend == "triton":
         block_t, block_p = _triton_module().ssd.tiles_run(bsz, seqlen, nheads, headdim, n_state, chunk_size, dtype)
         return block_t, nheads * -(-headdim // block_p)
