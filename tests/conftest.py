@@ -46,11 +46,13 @@ def randomise():
 def _hf_gated_norm_per_group() -> bool:
     """Whether the installed transformers' Mamba-2 gated RMSNorm normalizes each group of d_inner on its
     own, as mamba_ssm (and so perfmamba) does.  5.24 does (its ``group_size``); 5.17, on the GPU machine,
-    normalizes over all of d_inner, so with ngroups > 1 its logits are a different model's."""
+    normalizes over all of d_inner, so with ngroups > 1 its logits are a different model's.  The class is
+    ``MambaRMSNormGated`` up to 5.24 and ``Mamba2RMSNormGated`` from 5.25."""
     import inspect
 
     from transformers.models.mamba2 import modeling_mamba2
-    return "group_size" in inspect.signature(modeling_mamba2.MambaRMSNormGated.__init__).parameters
+    norm = getattr(modeling_mamba2, "Mamba2RMSNormGated", None) or getattr(modeling_mamba2, "MambaRMSNormGated")
+    return "group_size" in inspect.signature(norm.__init__).parameters
 
 
 @pytest.fixture(scope="session")
