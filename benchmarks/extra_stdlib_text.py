@@ -11,14 +11,18 @@ that an exact duplicate of one (an alias, a shared docstring) is left out. It wr
 (``train.txt`` and ``validation.txt`` empty, the text as ``test.txt``, ``meta.json``), which
 ``--eval-data DIR --eval-split test`` reads:
 
-    python benchmarks/extra_stdlib_text.py OUT_DIR
+    python benchmarks/extra_stdlib_text.py OUT_DIR [MODULE ...]
 
-The text depends on the interpreter that runs this (its version is recorded in ``meta.json``).
+Named modules (installed packages, say ``numpy``) replace the default list: the same extraction then gives
+text of the same kind from outside the standard library, again without any docstring the corpus has.
+The text depends on the interpreter that runs this and on the packages' versions (both recorded in
+``meta.json``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 import platform
 import sys
@@ -35,23 +39,32 @@ EXTRA_MODULES = ("aifc audioop cgi cgitb chunk crypt imghdr mailcap nis nntplib 
                  "ensurepip venv sre_compile sre_parse").split()
 
 
+def _version(module: str):
+    try:
+        return importlib.metadata.version(module.split(".")[0])
+    except importlib.metadata.PackageNotFoundError:
+        return None  # a standard-library module
+
+
 def main():
-    if len(sys.argv) != 2:
-        sys.exit("usage: python benchmarks/extra_stdlib_text.py OUT_DIR")
-    out = sys.argv[1]
+    if len(sys.argv) < 2:
+        sys.exit("usage: python benchmarks/extra_stdlib_text.py OUT_DIR [MODULE ...]")
+    out, modules = sys.argv[1], tuple(sys.argv[2:]) or EXTRA_MODULES
     warnings.simplefilter("ignore")
     claimed, seen = set(), sd._Docs()
     for text in __import__("pydoc_data.topics").topics.topics.values():
         seen.new(text)
     sd.walk(sd.MODULES, claimed, seen, [], [])  # marks the corpus's docstrings (and objects) as seen
     documents, skipped = [], []
-    sd.walk(EXTRA_MODULES, claimed, seen, documents, skipped)
+    sd.walk(modules, claimed, seen, documents, skipped)
     texts = [t for t in (clean_text(text) for _, text in documents) if t]
     text = "\n\n".join(texts)
     meta = {"source": "benchmarks/extra_stdlib_text.py", "python": platform.python_version(),
-            "modules": EXTRA_MODULES, "skipped_modules": skipped, "documents": len(texts),
+            "modules": modules, "versions": {m: _version(m) for m in modules}, "skipped_modules": skipped,
+            "documents": len(texts),
             "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
-    save_corpus(Corpus("stdlib-extra", {"train": "", "validation": "", "test": text}, meta), out)
+    name = "stdlib-extra" if modules == EXTRA_MODULES else "docs-" + "-".join(modules)
+    save_corpus(Corpus(name, {"train": "", "validation": "", "test": text}, meta), out)
     print(f"{len(texts)} documents, {len(text.encode('utf-8'))} bytes, skipped {skipped or 'none'} -> {out}")
 
 

@@ -17,7 +17,9 @@ G = 1, M = d_inner; Mamba-2: M = heads-per-group x headdim), and for channel m, 
 batch, tokens (and channels m where stated), so memory is independent of the number of tokens:
 
 * ``readout2``  (G, N):    sum C^2                                 (kind "delta": the delta score, see ``scores.py``)
-* ``write2``    (G, M, N): sum over tokens of du^2 B^2 surv(2 dt A) (kind "delta")
+* ``write2``    (G, M, N): sum over tokens of du^2 B^2 surv(2 dt A) (kinds "delta", "delta-out")
+* ``readout2_gated`` (G, M, N): sum over tokens of s[t, m]^2 C[t, n]^2, s the per-token factor between the
+  scan's output and out_proj (Mamba-1: SiLU(z); Mamba-2: SiLU(z) / the gated norm's RMS) (kind "delta-out")
 * ``activity``  (G, N):    sum |C| |du| |B| surv(dt A)       (kind "delta-abs": that ablation)
 * ``gate``      (G, N):    sum |1 - a| |B| |C|                (kind "delta-gate": that ablation)
 * ``wc``        (G, M, N): sum over tokens of h^2            (controllability; energy = its sum over m)
@@ -47,7 +49,7 @@ CHUNK = 64
 # |cumulative log-decay| above which a chunk is halved (exp(60) leaves fp32 headroom; one step is exact).
 _MAX_LOG_DECAY = 60.0
 # Each kind is collected only when a score asks for it (scores.NEEDS): one per delta form, then the states.
-STAT_KINDS = ("delta", "delta-abs", "delta-gate", "states", "observability", "taylor")
+STAT_KINDS = ("delta", "delta-out", "delta-abs", "delta-gate", "states", "observability", "taylor")
 
 
 # ---------------------------------------------------------------------------------------- interception
@@ -203,9 +205,9 @@ def _accumulate_forward(stats: LayerStats, view: ScanView, need: set, horizon: i
         stop = min(start + CHUNK, seqlen)
         log_a = view.log_decay(start, stop)  # (Bsz, G, M, T, N or 1)
         du, B, C = view.du[:, :, :, start:stop], view.B[:, :, :, start:stop], view.C[:, :, :, start:stop]
-        if "delta" in need:
-            # E_t C^2 and, per channel m, E_t (du B)^2 surv(2 dt A) (the write's energy over H steps)
+        if "delta" in need:  # E_t C^2
             stats.add("readout2", C.square().sum((0, 2, 3)))  # (G, N)
+        if need & {"delta", "delta-out"}:  # per channel m, E_t (du B)^2 surv(2 dt A): a write's energy over H steps
             stats.add("write2", _write_energy(du.square() * survival(2 * log_a, horizon), B.square()))
         if need & {"delta-abs", "delta-gate"}:
             bc = B.abs() * C.abs()  # (Bsz, G, 1, T, N)
@@ -284,14 +286,68 @@ def collect_stats(model, ids: torch.Tensor, kinds=("delta", "states"), batch_siz
     horizon = int(horizon or ids.shape[1])
     device = next(model.parameters()).device
 
+    gated = _GatedReadout(model, stats) if "delta-out" in need else None
+
     def on_scan(layer, family, args):
         _accumulate_forward(stats[layer], scan_view(family, args), need, horizon)
+        if gated is not None:
+            gated.on_scan(layer, family, args)
 
     if need:
-        with intercept_scans(model, on_scan):
+        with intercept_scans(model, on_scan), (gated or contextlib.nullcontext()):
             for batch in _batches(ids, batch_size):
                 model(batch.to(device))
     return stats
+
+
+class _GatedReadout:
+    """Collects ``readout2_gated``: E_t s[t, m]^2 C[t, n]^2, where s is what multiplies the scan's output y
+    per token on its way to out_proj.  Mamba-1 fuses the gate into the scan (s = SiLU(z), z among the scan's
+    arguments).  Mamba-2 applies it after the scan, in the gated norm RMSNorm(y SiLU(z)) w, so s = SiLU(z) / r
+    with r the norm's per-token, per-group RMS (its weight w is static and enters in ``scores.py``); the
+    scan's C is kept until that layer's norm runs, whose forward pre-hook sees y and z."""
+
+    def __init__(self, model, stats):
+        self.stats, self.pending = stats, {}
+        self.mixers = [block.mixer for block in model.backbone.layers]
+        self.hooks = []
+
+    def __enter__(self):
+        for i, mixer in enumerate(self.mixers):
+            if hasattr(mixer, "norm"):  # Mamba-2
+                self.hooks.append(mixer.norm.register_forward_pre_hook(self._norm_hook(i)))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.hooks:
+            h.remove()
+        self.hooks, self.pending = [], {}
+        return False
+
+    def on_scan(self, layer, family, args):
+        if family == "mamba1":  # s = SiLU(z), z (Bsz, D, L); one group
+            if args.get("z") is None:
+                raise PerfMambaError("'delta-out' needs the Mamba-1 scan's gate z; this mixer calls it without")
+            gate2 = F.silu(args["z"].float()).square()[:, None]  # (Bsz, 1, M, L)
+            self._add(layer, gate2, args["C"].float().transpose(1, 2)[:, None].square())  # C^2 (Bsz, 1, L, N)
+        else:
+            self.pending[layer] = args["C"].float().permute(0, 2, 1, 3).square()  # (Bsz, G, L, N)
+
+    def _norm_hook(self, layer):
+        def hook(norm, inputs):
+            c2 = self.pending.pop(layer, None)
+            if c2 is None:  # a norm call without a scan before it (not a prefill of this layer)
+                return
+            y, z = inputs[0].float(), inputs[1].float()  # (Bsz, L, D)
+            bsz, seqlen, dim = y.shape
+            groups = c2.shape[1]
+            gate = F.silu(z).view(bsz, seqlen, groups, dim // groups)
+            rms = ((y.view_as(gate) * gate).square().mean(-1, keepdim=True) + norm.eps).sqrt()
+            self._add(layer, (gate / rms).square().permute(0, 2, 3, 1), c2)  # (Bsz, G, M, L)
+        return hook
+
+    def _add(self, layer, gate2, c2):
+        self.stats[layer].add("readout2_gated", torch.einsum("bgmt,bgtn->gmn", gate2, c2))
 
 
 def collect_taylor(model, ids: torch.Tensor, batch_size: int = 1, stats: Optional[list] = None) -> list:

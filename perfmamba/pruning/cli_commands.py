@@ -67,7 +67,7 @@ def register(subparsers) -> None:
     _common(p)
     p.add_argument("--method", default="delta",
                    help="delta (default) | random | magnitude | energy | output | taylor | balanced | delta-gate | "
-                        "delta-abs")
+                        "delta-abs | delta-out")
     p.add_argument("--ratio", type=float, default=0.25, help="fraction of state channels removed (default 0.25)")
     p.add_argument("--bridge", default="none", help="none | compat (also an original-layout checkpoint) | "
                                                      "refit (compat + least-squares refit of D and out_proj)")

@@ -63,11 +63,12 @@ import torch
 
 from perfmamba.errors import PerfMambaError
 
-METHODS = ("delta", "random", "magnitude", "energy", "output", "taylor", "balanced", "delta-gate", "delta-abs")
+METHODS = ("delta", "random", "magnitude", "energy", "output", "taylor", "balanced", "delta-gate", "delta-abs",
+           "delta-out")
 # Calibration statistics each method reads (see calibration.STAT_KINDS).
 NEEDS = {"delta": {"delta"}, "random": set(), "magnitude": set(), "energy": {"states"},
          "output": {"states"}, "taylor": {"taylor"}, "balanced": {"states", "observability"},
-         "delta-gate": {"delta-gate"}, "delta-abs": {"delta-abs"}}
+         "delta-gate": {"delta-gate"}, "delta-abs": {"delta-abs"}, "delta-out": {"delta-out"}}
 
 
 def check_methods(methods) -> list:
@@ -106,8 +107,13 @@ def compute_scores(method: str, model, stats: Optional[list] = None, seed: int =
     if method == "magnitude":
         return [magnitude_scores(block.mixer) for block in model.backbone.layers]
     out = []
-    for s in stats:
-        if method == "delta":
+    for i, s in enumerate(stats):
+        if method == "delta-out":
+            if model is None:
+                raise PerfMambaError("method 'delta-out' needs the model (its out_proj and norm weights)")
+            weight2 = readout_weights(model.backbone.layers[i].mixer).square().view(s.groups, s.channels, 1)
+            score = (weight2 * s.mean("readout2_gated") * s.mean("write2")).sum(1).sqrt()
+        elif method == "delta":
             score = s.mean("readout2").sqrt() * s.mean("write2").sqrt().mean(1)
         elif method == "delta-abs":
             score = s.mean("activity") / s.channels
@@ -125,6 +131,16 @@ def compute_scores(method: str, model, stats: Optional[list] = None, seed: int =
             score = (s.mean("wc") * s.mean("wo")).sqrt().mean(1)
         out.append(score.double())
     return out
+
+
+@torch.no_grad()
+def readout_weights(mixer) -> torch.Tensor:
+    """(D,): per inner channel m, the static factor between the gated scan output and the block's output:
+    the norm of out_proj's column m, times the gated norm's weight for Mamba-2."""
+    w = mixer.out_proj.weight.double().norm(dim=0)
+    if hasattr(mixer, "norm"):
+        w = w * mixer.norm.weight.double().abs()
+    return w
 
 
 @torch.no_grad()
