@@ -1,4 +1,4 @@
-"""Importance of every SSM state channel: the Δ-guided score (the method), two ablations and six baselines.
+"""Importance of every SSM state channel: the Δ-guided score (the method), three ablations and six baselines.
 
 A score is one tensor (G, N) per layer: state channel n of B/C group g (Mamba-1: G = 1, since one B/C is
 shared by all channels; Mamba-2: the model's ngroups).  Higher = more important = kept.  Notation as in
@@ -26,6 +26,17 @@ h[t] = a[t] h[t-1] + Δ[t] u[t] B[t, n] with a[t] = exp(Δ[t] A) and read-out C[
     dominate the absolute form: in the H200 sweeps on the validation bytes
     (docs/benchmarks/pruning-h200/) it is better at four of the six points with ratio >= 0.25 and worse at
     demo-mamba1 0.5 (-0.12 against -0.38 %) and demo-mamba2 0.75 (+1.70 against +0.64 %).
+
+``delta-out`` (ablation: the read-out followed to the block's output)
+    delta-out_n = sqrt( sum_m q_m^2 E_t[s[t,m]^2 C[t,n]^2] * E_t[(Δ[t,m] u[t,m] B[t,n])^2 sum_{k<H} exp(2k Δ A)] )
+    The scan's output reaches the block's output through a per-token factor s (Mamba-1: SiLU(z); Mamba-2:
+    SiLU(z) over the gated norm's RMS of that token and group) and a static one q (out_proj's column norm,
+    times the norm's weight for Mamba-2), so this is the RMS of the change in the block's output when state
+    n is removed, under the same independence assumptions as ``delta``.  Tried as a replacement for
+    ``delta`` under a protocol committed before the run (docs/benchmarks/pruning-delta-out/): on numpy's
+    docstrings it removes 94-100 % of the channels ``delta`` removes and scored slightly worse (by 0.03
+    points at demo-mamba2 0.25 and 0.75, intervals excluding 0), so by that protocol's rule ``delta``
+    stays; it stays in the sweep as an ablation.
 
 ``delta-abs`` (ablation: the earlier absolute, same-token form)
     delta-abs_n = E_{t,m} [ |C[t,n]| * |B[t,n]| * Δ[t,m] |u[t,m]| * sum_{k<H} exp(k Δ[t,m] A[m,n]) ]

@@ -282,3 +282,61 @@ def test_each_delta_form_collects_only_its_own_sums(method, sums):
     other = "delta-gate" if method != "delta-gate" else "delta"
     with pytest.raises(PerfMambaError, match="did not collect"):
         compute_scores(other, None, [stats])
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_gated_readout_matches_a_loop_over_module_outputs(name):
+    # readout2_gated = sum_t s[t,m]^2 C[t,n]^2 with s the factor between the scan's output and out_proj,
+    # rebuilt here with a loop over tokens from the modules' own inputs and outputs (z from in_proj applied to
+    # the mixer's input, the norm's input y) and the scan's C, instead of the interceptor's reshaped tensors
+    model = make_model(name)
+    ids = token_ids(2, 12, seed=3)
+    (stats0, _) = cal.collect_stats(model, ids, {"delta-out"})
+    mixer, cfg = model.backbone.layers[0].mixer, model.config
+    seen = {}
+    hooks = [mixer.register_forward_pre_hook(lambda m, i: seen.__setitem__("zx", mixer.in_proj(i[0])))]
+    if cfg.family == "mamba2":
+        hooks.append(mixer.norm.register_forward_pre_hook(lambda m, i: seen.__setitem__("y", i[0])))
+
+    def keep_c(layer, family, args):
+        if layer == 0:
+            seen["C"] = args["C"]
+    with torch.no_grad(), cal.intercept_scans(model, keep_c):
+        model(ids)
+    for h in hooks:
+        h.remove()
+    d, n, groups = cfg.d_inner, cfg.d_state, stats0.groups
+    per = d // groups
+    if cfg.family == "mamba1":
+        z = seen["zx"][..., d:]  # (Bsz, L, D): in_proj's rows are x then z
+        C = seen["C"].transpose(1, 2)[:, :, None]  # (Bsz, L, 1, N)
+        s = F.silu(z)
+    else:
+        z = seen["zx"][..., :d]  # z first
+        C = seen["C"]  # (Bsz, L, G, N)
+        s = torch.empty_like(z)
+        for g in range(groups):
+            cols = slice(g * per, (g + 1) * per)
+            gated = seen["y"][..., cols] * F.silu(z[..., cols])
+            s[..., cols] = F.silu(z[..., cols]) / (gated.square().mean(-1, keepdim=True) + mixer.norm.eps).sqrt()
+    want = torch.zeros(groups, per, n, dtype=torch.float64)
+    for b in range(ids.shape[0]):
+        for t in range(ids.shape[1]):
+            for g in range(groups):
+                s_t = s[b, t, g * per:(g + 1) * per].double()
+                want[g] += s_t[:, None].square() * C[b, t, g].double()[None].square()
+    assert torch.allclose(stats0.sums["readout2_gated"], want, rtol=1e-5, atol=1e-9)
+
+
+def test_delta_out_weighs_each_channel_by_what_reaches_the_output():
+    # zeroing group 1's norm weight in layer 0 cuts that group off from the block's output: its delta-out
+    # scores drop to 0, group 0's stay (layer 0's statistics come before its norm, so they do not change)
+    model = make_model("m2-g2")
+    ids = token_ids(2, 24, seed=4)
+    before = compute_scores("delta-out", model, cal.collect(model, ids, stats_needed(["delta-out"])))[0]
+    with torch.no_grad():
+        weight = model.backbone.layers[0].mixer.norm.weight
+        weight[weight.numel() // 2:] = 0
+    after = compute_scores("delta-out", model, cal.collect(model, ids, stats_needed(["delta-out"])))[0]
+    assert (before > 0).all()
+    assert torch.allclose(after[0], before[0], rtol=1e-6) and torch.equal(after[1], torch.zeros_like(after[1]))
