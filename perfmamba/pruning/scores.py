@@ -151,7 +151,7 @@ def readout_weights(mixer) -> torch.Tensor:
     w = mixer.out_proj.weight.double().norm(dim=0)
     if hasattr(mixer, "norm"):
         w = w * mixer.norm.weight.double().abs()
-    return w
+    return w.cpu()  # beside the calibration sums, which live on the CPU (LayerStats.add)
 
 
 @torch.no_grad()

@@ -340,3 +340,19 @@ def test_delta_out_weighs_each_channel_by_what_reaches_the_output():
     after = compute_scores("delta-out", model, cal.collect(model, ids, stats_needed(["delta-out"])))[0]
     assert (before > 0).all()
     assert torch.allclose(after[0], before[0], rtol=1e-6) and torch.equal(after[1], torch.zeros_like(after[1]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_scores_of_a_model_on_the_gpu_equal_the_cpu_ones(name):
+    # every calibrated score of the same model and token ids, computed on CUDA (the Triton kernels) and on
+    # the CPU (the reference): the sums live on the CPU either way, the model's weights do not
+    ids = token_ids(2, 32, seed=6)
+    methods = [m for m in METHODS if m not in ("random", "magnitude", "taylor")]
+    cpu = make_model(name)
+    gpu = make_model(name, backend="triton").cuda()
+    want = {m: compute_scores(m, cpu, cal.collect(cpu, ids, stats_needed(methods))) for m in methods}
+    stats = cal.collect(gpu, ids, stats_needed(methods))
+    for m in methods:
+        for w, g in zip(want[m], compute_scores(m, gpu, stats)):
+            assert g.device.type == "cpu" and ((g - w).norm() / w.norm()).item() < 1e-3, m
