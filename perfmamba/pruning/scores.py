@@ -34,9 +34,10 @@ h[t] = a[t] h[t-1] + Δ[t] u[t] B[t, n] with a[t] = exp(Δ[t] A) and read-out C[
     times the norm's weight for Mamba-2), so this is the RMS of the change in the block's output when state
     n is removed, under the same independence assumptions as ``delta``.  Tried as a replacement for
     ``delta`` under a protocol committed before the run (docs/benchmarks/pruning-delta-out/): on numpy's
-    docstrings it removes 94-100 % of the channels ``delta`` removes and scored slightly worse (by 0.03
-    points at demo-mamba2 0.25 and 0.75, intervals excluding 0), so by that protocol's rule ``delta``
-    stays; it stays in the sweep as an ablation.
+    docstrings it removes 94-100 % of the channels ``delta`` removes; it was 0.03 points worse at
+    demo-mamba2 0.25 and 0.75 and 0.03 better at demo-mamba2 0.5 (each interval excluding 0), level on
+    demo-mamba1, and worse on average, so by that protocol's rule ``delta`` stays; it stays in the sweep as
+    an ablation.
 
 ``delta-abs`` (ablation: the earlier absolute, same-token form)
     delta-abs_n = E_{t,m} [ |C[t,n]| * |B[t,n]| * Δ[t,m] |u[t,m]| * sum_{k<H} exp(k Δ[t,m] A[m,n]) ]
