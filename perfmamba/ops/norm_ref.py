@@ -19,10 +19,15 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float, z: Optional[
     h = x.float()
     if z is not None:
         h = h * F.silu(z.float())
-    group_size = group_size or h.shape[-1]
-    grouped = h.view(*h.shape[:-1], -1, group_size)  # (..., groups, group_size)
-    grouped = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + eps)
+    grouped = h.view(*h.shape[:-1], -1, group_size or h.shape[-1])  # (..., groups, group_size)
+    grouped = grouped * grouped_inv_rms(grouped, eps)
     return weight * grouped.view_as(h).to(weight.dtype)
+
+
+def grouped_inv_rms(grouped: torch.Tensor, eps: float) -> torch.Tensor:
+    """1 / sqrt(mean(x^2) + eps) over the last dim of ``grouped`` (..., groups, group_size): the norm's
+    per-group statistic (pruning's calibration reads it too)."""
+    return torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + eps)
 
 
 def add_rms_norm_ref(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor, eps: float,

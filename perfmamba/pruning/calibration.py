@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from perfmamba import ops
 from perfmamba.errors import PerfMambaError
+from perfmamba.ops.norm_ref import grouped_inv_rms
 from perfmamba.ops.scan_ref import prepare_delta, prepare_dt
 
 # Time steps per chunk of the state recurrences (memory: batch x D x CHUNK x N floats at a time).
@@ -289,9 +290,10 @@ def collect_stats(model, ids: torch.Tensor, kinds=("delta", "states"), batch_siz
     gated = _GatedReadout(model, stats) if "delta-out" in need else None
 
     def on_scan(layer, family, args):
-        _accumulate_forward(stats[layer], scan_view(family, args), need, horizon)
+        view = scan_view(family, args)
+        _accumulate_forward(stats[layer], view, need, horizon)
         if gated is not None:
-            gated.on_scan(layer, family, args)
+            gated.on_scan(layer, family, view, args)
 
     if need:
         with intercept_scans(model, on_scan), (gated or contextlib.nullcontext()):
@@ -324,14 +326,14 @@ class _GatedReadout:
         self.hooks, self.pending = [], {}
         return False
 
-    def on_scan(self, layer, family, args):
+    def on_scan(self, layer, family, view: ScanView, args):
+        c2 = view.C[:, :, 0].square()  # (Bsz, G, L, N)
         if family == "mamba1":  # s = SiLU(z), z (Bsz, D, L); one group
             if args.get("z") is None:
                 raise PerfMambaError("'delta-out' needs the Mamba-1 scan's gate z; this mixer calls it without")
-            gate2 = F.silu(args["z"].float()).square()[:, None]  # (Bsz, 1, M, L)
-            self._add(layer, gate2, args["C"].float().transpose(1, 2)[:, None].square())  # C^2 (Bsz, 1, L, N)
+            self._add(layer, F.silu(args["z"].float()).square()[:, None], c2)  # (Bsz, 1, M, L)
         else:
-            self.pending[layer] = args["C"].float().permute(0, 2, 1, 3).square()  # (Bsz, G, L, N)
+            self.pending[layer] = c2
 
     def _norm_hook(self, layer):
         def hook(norm, inputs):
@@ -340,10 +342,9 @@ class _GatedReadout:
                 return
             y, z = inputs[0].float(), inputs[1].float()  # (Bsz, L, D)
             bsz, seqlen, dim = y.shape
-            groups = c2.shape[1]
-            gate = F.silu(z).view(bsz, seqlen, groups, dim // groups)
-            rms = ((y.view_as(gate) * gate).square().mean(-1, keepdim=True) + norm.eps).sqrt()
-            self._add(layer, (gate / rms).square().permute(0, 2, 3, 1), c2)  # (Bsz, G, M, L)
+            gate = F.silu(z).view(bsz, seqlen, c2.shape[1], dim // c2.shape[1])  # (Bsz, L, G, M)
+            inv_rms = grouped_inv_rms(y.view_as(gate) * gate, norm.eps)
+            self._add(layer, (gate * inv_rms).square().permute(0, 2, 3, 1), c2)  # (Bsz, G, M, L)
         return hook
 
     def _add(self, layer, gate2, c2):
